@@ -1,0 +1,1 @@
+"""Data layer: raw-format readers, acquisition, prepared cache, bundled minis, splits, budgets."""

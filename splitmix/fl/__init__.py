@@ -1,0 +1,1 @@
+"""Federated core: the engine that drives rounds, the Algorithm interface, aggregation."""

@@ -1,0 +1,186 @@
+"""The one interface every federated method implements, and the registry of methods by name.
+
+The engine owns the order of a round (sample clients -> plan -> for each client: download, local
+steps, upload -> aggregate -> validate) and knows no method by name. A method answers a few verbs,
+in the spirit of Flower's ``Strategy``, plus the one this field needs: ``assemble`` a model of a
+requested width (and dual-BN mixing lambda) for evaluation.
+
+Contract of the verbs, in the order the engine calls them each round:
+
+``init_global(generator)``
+    Build the global (server) model(s) once; ``generator`` seeds parameter init.
+``plan(round, clients, rng)``
+    Say what each sampled client trains this round: a ``Task`` with widths (HeteroFL/SHeteroFL/
+    FedAvg) or base indices (Split-Mix). ``rng`` is this round's stream; any persistent sampler
+    state (e.g. Split-Mix's cyclic base sampler) lives in the method and is checkpointed by
+    ``extra_state``.
+``download(task)``
+    Return the module the client trains, holding the server's tensors plus the client's local
+    (never averaged) tensors, in train mode. Only the parameters that will be trained should
+    require grad so the engine's optimizer touches exactly those.
+``train_step(model, task, x, y, loss_fn)``
+    Forward and backward for ONE batch (all widths/bases of the task, gradients summed); return
+    the loss value. The engine zeroes gradients before and takes one optimizer step after.
+``upload(task, model)``
+    The tensors that go up, as an ``Update`` (keys of the global state, with the prefix block
+    they cover when they are slices). Local tensors are kept client-side, not uploaded.
+``aggregate(updates)``
+    Merge ``(task, update, weight)`` triples into the server state. The default is the masked
+    weighted average of ``fl.aggregate.MaskedAverage`` (entries nobody trained keep their value).
+``eval_widths()`` / ``assemble(width, lam, client)``
+    The widths validated every round, and an eval-mode model of width ``width`` (dual BN mixed by
+    ``lam``) carrying ``client``'s local tensors.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from splitmix.config import RunConfig
+from splitmix.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class FederationInfo:
+    """What a method may know about the federation (never the data itself)."""
+
+    num_clients: int
+    budgets: np.ndarray  # max width per client, e.g. 0.125 .. 1.0
+    weights: np.ndarray  # client weights n_k / sum n_j (post-split train sizes)
+    num_classes: int
+    input_shape: tuple[int, int, int]  # (C, H, W)
+    arch: str  # model family: digit | alexnet | preresnet18
+    client_domains: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Task:
+    """What one client trains in one round."""
+
+    client: int
+    widths: tuple[float, ...] = ()  # sub-network widths (HeteroFL family, FedAvg)
+    bases: tuple[int, ...] = ()  # Split-Mix base indices, in sampled order
+
+
+@dataclass
+class Update:
+    """Tensors a client sends to the server.
+
+    ``tensors[key]`` is what goes over the wire; ``blocks[key]`` (optional) is the prefix block of
+    the global tensor it covers, as a tuple of slices (HeteroFL's top-left block). Absent means the
+    whole tensor.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    blocks: dict[str, tuple[slice, ...]] = field(default_factory=dict)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Algorithm(ABC):
+    """Base class of every federated method. Subclasses register with ``@register``."""
+
+    name: ClassVar[str] = ""
+    #: method_params keys this algorithm accepts, with their defaults.
+    params: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, cfg: RunConfig, info: FederationInfo) -> None:
+        unknown = set(cfg.method_params) - set(self.params)
+        if unknown:
+            raise ConfigError(
+                f"method {cfg.method!r} (algorithm {self.name!r}) got unknown parameter(s) "
+                f"{', '.join(sorted(unknown))}; allowed: {', '.join(sorted(self.params)) or 'none'}"
+            )
+        self.cfg = cfg
+        self.info = info
+        self.p: dict[str, Any] = {**self.params, **cfg.method_params}
+
+    # ---- the verbs -------------------------------------------------------------------------
+    @abstractmethod
+    def init_global(self, generator: torch.Generator) -> None: ...
+
+    @abstractmethod
+    def plan(self, round_idx: int, clients: list[int], rng: np.random.Generator) -> list[Task]: ...
+
+    @abstractmethod
+    def download(self, task: Task) -> nn.Module: ...
+
+    @abstractmethod
+    def train_step(
+        self, model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn
+    ) -> float: ...
+
+    @abstractmethod
+    def upload(self, task: Task, model: nn.Module) -> Update: ...
+
+    @abstractmethod
+    def aggregate(self, updates: list[tuple[Task, Update, float]]) -> None: ...
+
+    @abstractmethod
+    def eval_widths(self) -> list[float]: ...
+
+    @abstractmethod
+    def assemble(self, width: float, lam: float | None = None, client: int | None = None) -> nn.Module: ...
+
+    # ---- checkpointing -----------------------------------------------------------------------
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: server tensors, local tensors, sampler state."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def describe(self) -> dict[str, Any]:
+        """Facts recorded in the run record (e.g. which clients a width's budget violates)."""
+        return {}
+
+
+_REGISTRY: dict[str, type[Algorithm]] = {}
+
+
+def register(cls: type[Algorithm]) -> type[Algorithm]:
+    """Class decorator: make ``cls`` available by ``cls.name`` in configs."""
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__} must set a non-empty class attribute 'name'")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"algorithm name {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    """Import Split-Mix and every module of the ``baselines`` package so they self-register."""
+    importlib.import_module("splitmix.splitmix")
+    import baselines
+
+    for mod in pkgutil.iter_modules(baselines.__path__):
+        importlib.import_module(f"baselines.{mod.name}")
+
+
+def get_algorithm(name: str) -> type[Algorithm]:
+    _discover()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown algorithm {name!r}; registered: {', '.join(sorted(_REGISTRY))} "
+            "(a new method is one file in baselines/ with @register)"
+        ) from None
+
+
+def available_algorithms() -> list[str]:
+    _discover()
+    return sorted(_REGISTRY)
