@@ -53,7 +53,9 @@ class RunConfig:
     seed: int = 1
     data_root: str = "data"
     split_config: SplitConfig = field(default_factory=SplitConfig)
-    method_params: dict[str, Any] = field(default_factory=dict)  # algorithm-specific, validated by it
+    method_params: dict[str, Any] = field(
+        default_factory=dict
+    )  # algorithm-specific, validated by it
     arch: str | None = None  # None = the dataset's default model
     image_size: int | None = None  # None = the dataset's default input size
     bn: str = "batch"  # batch (no running stats) | tracked (server-averaged) | local (FedBN)

@@ -1,8 +1,9 @@
 """User-facing errors.
 
-Every problem a user can fix (bad config value, missing or corrupt data, impossible split) is raised as
-a ``SplitmixError`` whose message is ONE line naming the bad value and how to fix it. The CLI prints
-``error: <message>`` and exits with status 2, never a traceback, so messages must stand on their own.
+Every problem a user can fix (bad config value, missing or corrupt data, impossible split) is
+raised as a ``SplitmixError`` whose message is ONE line naming the bad value and how to fix it.
+The CLI prints ``error: <message>`` and exits with status 2, never a traceback, so messages must
+stand on their own.
 """
 
 

@@ -1,8 +1,8 @@
 """Deterministic, independent random streams.
 
 Each consumer of randomness (partition, budgets, class assignment, client sampling, base sampling,
-augmentation, model init, ...) draws from its own stream derived from ``(seed, name)``. Adding a draw
-to one stream therefore never shifts another (unlike the original code's single global numpy RNG).
+augmentation, model init, ...) draws from its own stream derived from ``(seed, name)``. Adding a
+draw to one stream therefore never shifts another (unlike the original single global numpy RNG).
 """
 
 from __future__ import annotations

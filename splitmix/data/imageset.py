@@ -20,7 +20,9 @@ class ImageSet:
 
     def __post_init__(self) -> None:
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be uint8 NHWC, got {self.images.dtype} {self.images.shape}")
+            raise ValueError(
+                f"images must be uint8 NHWC, got {self.images.dtype} {self.images.shape}"
+            )
         if self.labels.dtype != np.int64 or self.labels.shape != (self.images.shape[0],):
             raise ValueError(
                 f"labels must be int64 of length {self.images.shape[0]}, "

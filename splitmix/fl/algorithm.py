@@ -133,7 +133,9 @@ class Algorithm(ABC):
     def eval_widths(self) -> list[float]: ...
 
     @abstractmethod
-    def assemble(self, width: float, lam: float | None = None, client: int | None = None) -> nn.Module: ...
+    def assemble(
+        self, width: float, lam: float | None = None, client: int | None = None
+    ) -> nn.Module: ...
 
     # ---- checkpointing -----------------------------------------------------------------------
     @abstractmethod

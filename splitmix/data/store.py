@@ -1,0 +1,377 @@
+"""The prepared cache: raw files in, memory-mappable ``.npy`` pairs per domain out.
+
+Layout under the data root (argument > ``$SPLITMIX_DATA`` > ``data``)::
+
+    <root>/raw/<mirror layout>                 fetched raw files + SHA256SUMS of what was verified
+    <root>/prepared/<dataset>/<domain>/<size>px/{train,test}_{images,labels}.npy + manifest.json
+
+Each array is written to a temp file and renamed into place, and the manifest is written last
+(after removing any old one first), so a domain is "prepared" exactly when its manifest exists:
+an interrupted prepare is never mistaken for a finished one. Loading is ``np.load(mmap_mode='r')``
+on whole arrays, so no per-sample Python runs and only the touched pages are read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from splitmix.data.catalog import check_domain, get_dataset
+from splitmix.data.fetch import (
+    MIRROR_ENV,
+    atomic_write_text,
+    available,
+    fetch,
+    recorded_sha256,
+    resolve_mirror,
+)
+from splitmix.data.imageset import ImageSet
+from splitmix.data.recipes import Built, Recipe, check_source, default_size, recipes
+from splitmix.data.registry import get_file
+from splitmix.errors import DataError
+
+log = logging.getLogger("splitmix.data")
+
+DATA_ENV = "SPLITMIX_DATA"
+MANIFEST = "manifest.json"
+SPLITS = ("train", "test")
+MANIFEST_FORMAT = 1
+
+PathArg = str | os.PathLike[str] | None
+
+
+def data_root(root: PathArg = None) -> Path:
+    """The data root: the argument, else ``$SPLITMIX_DATA``, else ``data`` (relative to cwd)."""
+    if root not in (None, ""):
+        return Path(root).expanduser()
+    return Path(os.environ.get(DATA_ENV) or "data").expanduser()
+
+
+def raw_dir(root: PathArg = None) -> Path:
+    return data_root(root) / "raw"
+
+
+def prepared_dir(dataset: str, domain: str, size: int, root: PathArg = None) -> Path:
+    return data_root(root) / "prepared" / dataset / domain / f"{size}px"
+
+
+def read_manifest(
+    dataset: str, domain: str, size: int, root: PathArg = None
+) -> dict[str, Any] | None:
+    path = prepared_dir(dataset, domain, size, root) / MANIFEST
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------------ writing
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache must be readable by others
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _library_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("splitmix-bench")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def _split_info(images: ImageSet, num_classes: int) -> dict[str, Any]:
+    return {
+        "n": len(images),
+        "shape": list(images.images.shape),
+        "class_counts": images.class_counts(num_classes),
+    }
+
+
+def _write_prepared(
+    out: Path, recipe: Recipe, built: Built, raw: Path, size: int, fallback: list[str]
+) -> None:
+    num_classes = get_dataset(recipe.dataset).num_classes
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # from here until the end the domain is unprepared
+    for split, part in (("train", built.train), ("test", built.test)):
+        _save_npy(out / f"{split}_images.npy", part.images)
+        _save_npy(out / f"{split}_labels.npy", part.labels)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "dataset": recipe.dataset,
+        "domain": recipe.domain,
+        "size": size,
+        "source": recipe.source,
+        "variant": recipe.variant,
+        "note": recipe.note,
+        "fallback": fallback,  # why more preferred sources were not used (empty = none tried)
+        "source_files": [
+            {"path": rel, "sha256": recorded_sha256(raw, rel)} for rel in recipe.files
+        ],
+        "steps": built.steps,
+        "splits": {
+            "train": _split_info(built.train, num_classes),
+            "test": _split_info(built.test, num_classes),
+        },
+        **built.extra,
+        "library_version": _library_version(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+
+
+# ------------------------------------------------------------------------------------ choosing
+def _local(recipe: Recipe, raw: Path, mirror: Path | None) -> bool:
+    return all(available(get_file(rel), raw, mirror) for rel in recipe.files)
+
+
+def _obtain(
+    candidates: list[Recipe], raw: Path, mirror: Path | None, offline: bool | None
+) -> tuple[Recipe, dict[str, Path], list[str]]:
+    """Fetch the files of the first candidate that can be had, preferring ones already at hand.
+
+    Candidates whose files are all in the raw dir or the mirror are tried first (no network
+    surprises when the data is local), each tier in preference order. Returns the recipe, its
+    verified files and why earlier candidates were passed over.
+    """
+    order = sorted(
+        range(len(candidates)), key=lambda i: (not _local(candidates[i], raw, mirror), i)
+    )
+    failures: list[tuple[Recipe, DataError]] = []
+    for i in order:
+        recipe = candidates[i]
+        try:
+            files = {rel: fetch(rel, raw, mirror=mirror, offline=offline) for rel in recipe.files}
+        except DataError as exc:
+            failures.append((recipe, exc))
+            continue
+        tried = {id(r) for r, _ in failures}
+        skipped = [f"{r.label}: {e}" for r, e in failures]
+        skipped += [
+            f"{r.label}: not tried, needs "
+            + ", ".join(rel for rel in r.files if not available(get_file(rel), raw, mirror))
+            + f" (not in the raw dir or mirror); {recipe.label} was at hand"
+            for r in candidates[:i]
+            if id(r) not in tried
+        ]
+        # a failure, or a caveated variant standing in for a better one, must not pass unseen
+        loud = bool(failures) or bool(recipe.note)
+        for line in skipped:
+            log.log(
+                logging.WARNING if loud else logging.INFO,
+                "%s/%s: using %s; %s",
+                recipe.dataset,
+                recipe.domain,
+                recipe.label,
+                line,
+            )
+        return recipe, files, skipped
+    first_recipe, first_error = failures[0]
+    others = [
+        f"--source {r.source} needs {', '.join(r.files)}"
+        for r in candidates
+        if r is not first_recipe and r.source != first_recipe.source
+    ]
+    hint = f" (alternatively: {'; '.join(dict.fromkeys(others))})" if others else ""
+    raise DataError(f"{first_error}{hint}")
+
+
+# ------------------------------------------------------------------------------------- public
+def prepare_domain(
+    dataset: str,
+    domain: str,
+    *,
+    root: PathArg = None,
+    mirror: PathArg = None,
+    size: int | None = None,
+    source: str | None = None,
+    force: bool = False,
+    offline: bool | None = None,
+) -> Path:
+    """Fetch, read, resize and write one domain; skip if already prepared the same way."""
+    size = size or default_size(dataset)
+    out = prepared_dir(dataset, domain, size, root)
+    done = read_manifest(dataset, domain, size, root)
+    candidates = recipes(dataset, domain, source)
+    if done is not None and not force and source in (None, done.get("source")):
+        return out
+    raw = raw_dir(root)
+    recipe, files, fallback = _obtain(candidates, raw, resolve_mirror(mirror), offline)
+    built = recipe.build(files, size)
+    _write_prepared(out, recipe, built, raw, size, fallback)
+    return out
+
+
+def prepare(
+    dataset: str,
+    domain: str | None = None,
+    *,
+    root: PathArg = None,
+    mirror: PathArg = None,
+    size: int | None = None,
+    source: str | None = None,
+    force: bool = False,
+    offline: bool | None = None,
+    progress: bool = False,
+) -> list[Path]:
+    """Prepare one domain or every domain of ``dataset``; returns the prepared directories.
+
+    Bundled datasets need no preparing (returns []). ``source`` picks the origin (see
+    ``recipes.SOURCES``); None tries them in order, preferring files already at hand.
+    """
+    spec = get_dataset(dataset)
+    if domain is not None:
+        check_domain(dataset, domain)
+    if spec.bundled:
+        return []
+    check_source(dataset, source)
+    domains = [domain] if domain else list(spec.domains)
+    from tqdm import tqdm
+
+    # disable=None: a bar only on a terminal (not in Snakemake logs); closed before any error
+    # reaches the CLI so the one-line message starts its own line
+    with tqdm(
+        domains,
+        desc=f"prepare {dataset}",
+        unit="domain",
+        leave=False,
+        disable=None if progress else True,
+    ) as bar:
+        return [
+            prepare_domain(
+                dataset,
+                d,
+                root=root,
+                mirror=mirror,
+                size=size,
+                source=source,
+                force=force,
+                offline=offline,
+            )
+            for d in bar
+        ]
+
+
+def fetch_dataset(
+    dataset: str,
+    domain: str | None = None,
+    *,
+    root: PathArg = None,
+    mirror: PathArg = None,
+    source: str | None = None,
+    offline: bool | None = None,
+) -> list[Path]:
+    """Fetch the raw files ``prepare`` would use (same source choice), without preparing."""
+    spec = get_dataset(dataset)
+    if domain is not None:
+        check_domain(dataset, domain)
+    if spec.bundled:
+        return []
+    raw, mir = raw_dir(root), resolve_mirror(mirror)
+    paths: list[Path] = []
+    for d in [domain] if domain else spec.domains:
+        _, files, _ = _obtain(recipes(dataset, d, source), raw, mir, offline)
+        paths += [p for p in files.values() if p not in paths]
+    return paths
+
+
+def _prepare_command(dataset: str, domain: str, size: int) -> str:
+    extra = "" if size == default_size(dataset) else f" --size {size}"
+    return f"python -m splitmix data prepare {dataset} --domain {domain}{extra}"
+
+
+def load_domain(
+    dataset: str,
+    domain: str,
+    split: str,
+    *,
+    root: PathArg = None,
+    size: int | None = None,
+    mmap: bool = True,
+) -> ImageSet:
+    """One domain's train or test split from the bundle or the prepared cache (memory-mapped)."""
+    spec = get_dataset(dataset)
+    check_domain(dataset, domain)
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; use one of: {', '.join(SPLITS)}")
+    if spec.bundled:
+        from splitmix.data.bundle import load_bundled  # lazy: only bundled datasets need it
+
+        return load_bundled(dataset, domain, split)
+    size = size or default_size(dataset)
+    out = prepared_dir(dataset, domain, size, root)
+    if not (out / MANIFEST).is_file():
+        raise DataError(
+            f"{dataset}/{domain} at {size}px is not prepared (no {out / MANIFEST}); run "
+            f"`{_prepare_command(dataset, domain, size)}` (it fetches missing raw files; "
+            f"set {MIRROR_ENV} to copy them from a local mirror, or run "
+            f"`python -m splitmix data fetch {dataset} --domain {domain}` first)"
+        )
+    mode = "r" if mmap else None
+    try:
+        images = np.load(out / f"{split}_images.npy", mmap_mode=mode, allow_pickle=False)
+        labels = np.load(out / f"{split}_labels.npy", mmap_mode=mode, allow_pickle=False)
+        return ImageSet(images, labels)
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"{out}: prepared files unreadable ({type(exc).__name__}: {exc}); run "
+            f"`{_prepare_command(dataset, domain, size)} --force`"
+        ) from None
+
+
+def describe(
+    dataset: str,
+    domain: str,
+    *,
+    root: PathArg = None,
+    mirror: PathArg = None,
+    size: int | None = None,
+) -> tuple[str, str]:
+    """(status, what is missing), cheaply: existence checks only, no checksums, no reading."""
+    spec = get_dataset(dataset)
+    check_domain(dataset, domain)
+    if spec.bundled:
+        return "bundled", ""
+    size = size or default_size(dataset)
+    if (prepared_dir(dataset, domain, size, root) / MANIFEST).is_file():
+        return "prepared", ""
+    raw, mir = raw_dir(root), resolve_mirror(mirror)
+    cands = recipes(dataset, domain)
+    where = [[available(get_file(rel), raw, mir) for rel in r.files] for r in cands]
+    if any(all(w == "raw" for w in ws) for ws in where):
+        return "raw present", ""
+    if any(all(ws) for ws in where):
+        return "in mirror", ""
+    options = [
+        f"{r.label}: " + ", ".join(rel for rel, w in zip(r.files, ws, strict=True) if not w)
+        for r, ws in zip(cands, where, strict=True)
+    ]
+    return "missing", " | ".join(options)
+
+
+def status(
+    dataset: str,
+    domain: str,
+    *,
+    root: PathArg = None,
+    mirror: PathArg = None,
+    size: int | None = None,
+) -> str:
+    """One of bundled | prepared | raw present | in mirror | missing."""
+    return describe(dataset, domain, root=root, mirror=mirror, size=size)[0]
