@@ -18,6 +18,8 @@ from splitmix.errors import SplitmixError
 COMMANDS: list[tuple[str, str]] = [
     ("data", "splitmix.data.cli"),
     ("train", "splitmix.fl.cli"),
+    ("evaluate", "splitmix.evaluate.cli"),
+    ("report", "splitmix.report.cli"),
 ]
 
 
@@ -31,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name == module:
-                continue
+            if exc.name and module.startswith(exc.name):
+                continue  # that command's package is not part of this checkout
             raise
         mod.register(sub)
     return parser
