@@ -1,0 +1,243 @@
+"""HeteroFL and SHeteroFL (REFERENCE 1.2): one slimmable model whose width-r sub-network is the
+prefix ``[:ceil(r*C)]`` of every layer.
+
+* ``heterofl``: client k trains only its budget width R_k;
+* ``sheterofl``: client k trains every width <= R_k each step, ascending, one backward per width
+  (gradients accumulate into the shared weights; the engine then takes one step).
+
+A client uploads the prefix blocks of width R_k (plus, with tracked/local BN, the private BN of
+every width it trained); the server averages each entry over the clients that covered it, so wider
+clients alone shape the outer channels. Train and eval widths are the distinct widths of the
+budget string.
+
+Speed: a client that trains ONE width runs a dense model of that width holding exactly its blocks
+(HeteroFL's sub-model extraction). Training the full slimmable model at width 1/8 would compute
+full-size gradients and optimizer updates (zeros outside the block) - about 10x slower on a CPU.
+The dense stand-in is used only where it is checked once to compute the same function as the
+slimmable sub-network (every paper width); otherwise the slimmable model is used.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from baselines.fedavg import check_bn
+from splitmix.config import RunConfig
+from splitmix.data.budgets import parse_widths
+from splitmix.errors import ConfigError
+from splitmix.fl.adversarial import adversarial_loss
+from splitmix.fl.aggregate import Block
+from splitmix.fl.algorithm import FederationInfo, LossFn, Task, register
+from splitmix.fl.base import ServerModelAlgorithm
+from splitmix.models import build_model, dense_state, prefix_blocks
+
+_TOL = 1e-9
+
+
+def _match(width: float, widths: list[float]) -> float | None:
+    for w in widths:
+        if abs(w - width) < 1e-6:
+            return w
+    return None
+
+
+class _Dense:
+    """A dense model standing in for the width-``w`` prefix sub-network, with its key map."""
+
+    def __init__(self, model: nn.Module, keymap: dict[str, str]) -> None:
+        self.model = model
+        self.keymap = keymap  # server (slimmable) key -> dense key
+
+
+@register
+class HeteroFL(ServerModelAlgorithm):
+    """HeteroFL: each client trains its budget width only (see module docstring)."""
+
+    name = "heterofl"
+    params: ClassVar[dict[str, Any]] = {}
+    train_all_widths: ClassVar[bool] = False
+
+    def __init__(self, cfg: RunConfig, info: FederationInfo) -> None:
+        super().__init__(cfg, info)
+        check_bn(cfg.bn)
+        self.widths: list[float] = sorted(set(parse_widths(cfg.budgets)))
+        self.client_widths: list[tuple[float, ...]] = [
+            self._widths_for(k, float(b)) for k, b in enumerate(np.asarray(info.budgets))
+        ]
+        self._blocks: dict[tuple[float, ...], dict[str, Block]] = {}
+        self._dense: dict[float, _Dense | None] = {}
+
+    def _widths_for(self, client: int, budget: float) -> tuple[float, ...]:
+        top = _match(budget, self.widths)
+        if top is None:
+            raise ConfigError(
+                f"client {client} has budget {budget:g}, not one of the widths of budgets="
+                f"{self.cfg.budgets!r} ({', '.join(f'{w:g}' for w in self.widths)})"
+            )
+        if not self.train_all_widths:
+            return (top,)
+        return tuple(w for w in self.widths if w <= top + _TOL)
+
+    # ---- model -------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        return build_model(
+            self.info.arch,
+            slimmable=True,
+            widths=tuple(self.widths),
+            norm=self.cfg.bn,
+            num_classes=self.info.num_classes,
+            input_size=self.info.input_shape[-1],
+        )
+
+    def _set_server(self, model: nn.Module) -> None:
+        super()._set_server(model)
+        # caches derived from the server's architecture (rebuilt if init_global runs again)
+        self._blocks = {}
+        self._dense = {}
+
+    def exchange_blocks(self, task: Task) -> dict[str, Block]:
+        return self.width_blocks(task.widths)
+
+    def width_blocks(self, widths: tuple[float, ...]) -> dict[str, Block]:
+        """Union of the prefix blocks of ``widths``; a shared tensor gets the widest block."""
+        blocks = self._blocks.get(widths)
+        if blocks is None:
+            blocks = {}
+            for w in sorted(widths):  # later (wider) blocks contain earlier ones
+                blocks.update(prefix_blocks(self.server, w))
+            self._blocks[widths] = blocks
+        return blocks
+
+    def dense_for(self, width: float) -> _Dense | None:
+        """The verified dense stand-in of width ``width``, or None where none computes the same
+        function as the slimmable sub-network."""
+        if width not in self._dense:
+            self._dense[width] = self._make_dense(width)
+        return self._dense[width]
+
+    def _make_dense(self, width: float) -> _Dense | None:
+        # seed=0: building must not consume the global RNG (the engine seeds it per client; a
+        # lazily built model would otherwise shift one client's stream and break exact resume).
+        try:
+            dense = build_model(
+                self.info.arch,
+                width=width,
+                slimmable=False,
+                norm=self.cfg.bn,
+                rescale_init=False,
+                rescale_layer=True,  # the Scaler (/width in training) of the slimmable layers
+                num_classes=self.info.num_classes,
+                input_size=self.info.input_shape[-1],
+                seed=0,
+            ).to(self.device)
+        except ConfigError:
+            return None
+        blocks = prefix_blocks(self.server, width)
+        dkeys = list(dense_state(self.server, width))
+        dstate = dense.state_dict()
+        if len(dkeys) != len(blocks) or set(dkeys) != set(dstate):
+            return None
+        keymap = dict(zip(blocks, dkeys, strict=True))
+        for key, block in blocks.items():
+            if dstate[keymap[key]].shape != self._server_state[key][block].shape:
+                return None
+        stand_in = _Dense(dense, keymap)
+        return stand_in if self._same_function(stand_in, width) else None
+
+    def _same_function(self, stand_in: _Dense, width: float) -> bool:
+        """One-off check on copies: train- and eval-mode outputs of the dense model equal those
+        of the slimmable sub-network (catches a Scaler placed differently in some arch)."""
+        slim = copy.deepcopy(self.server)
+        slim.set_width(width)
+        dense = copy.deepcopy(stand_in.model)
+        dstate = dense.state_dict()
+        sstate = slim.state_dict()
+        with torch.no_grad():
+            for key, block in prefix_blocks(slim, width).items():
+                dstate[stand_in.keymap[key]].copy_(sstate[key][block])
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand((4, *self.info.input_shape), generator=g).to(self.device)
+        with torch.no_grad():
+            for train in (True, False):
+                slim.train(train)
+                dense.train(train)
+                if not torch.allclose(slim(x), dense(x), rtol=1e-4, atol=1e-5):
+                    return False
+        return True
+
+    def running_model(self, task: Task) -> nn.Module:
+        if len(task.widths) == 1:
+            stand_in = self.dense_for(task.widths[0])
+            if stand_in is not None:
+                return stand_in.model
+        return super().running_model(task)
+
+    def state_view(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        for stand_in in self._dense.values():
+            if stand_in is not None and stand_in.model is model:
+                dstate = model.state_dict()
+                return {k: dstate[dk] for k, dk in stand_in.keymap.items()}
+        return model.state_dict()
+
+    # ---- the verbs ---------------------------------------------------------------------------
+    def plan(self, round_idx: int, clients: list[int], rng: np.random.Generator) -> list[Task]:
+        return [Task(client=int(k), widths=self.client_widths[k]) for k in clients]
+
+    def train_step(
+        self, model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn
+    ) -> float:
+        slimmable = getattr(model, "slimmable", False)
+        total = 0.0
+        for w in task.widths:  # ascending; gradients of all widths accumulate
+            if slimmable:
+                model.set_width(w)
+            if self.cfg.adv.lam > 0.0:
+                loss = adversarial_loss(model, x, y, self.cfg.adv, loss_fn)
+            else:
+                loss = loss_fn(model(x), y)
+            loss.backward()
+            total += float(loss.detach())
+        return total
+
+    def eval_widths(self) -> list[float]:
+        return list(self.widths)
+
+    def assemble(
+        self, width: float, lam: float | None = None, client: int | None = None
+    ) -> nn.Module:
+        """The width-``width`` sub-network in eval mode with ``client``'s local BN (``lam``:
+        no dual BN in slimmable models, so every lambda gives the same model)."""
+        self._require_server()
+        w = _match(width, self.widths) or float(width)
+        stand_in = self.dense_for(w)
+        if stand_in is not None:
+            self.load_client_state(stand_in.model, client, prefix_blocks(self.server, w))
+            return stand_in.model.eval()
+        model = self.eval_model(client)
+        model.set_width(w)
+        return model
+
+    def describe(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for ws in self.client_widths:
+            counts[f"{max(ws):g}"] = counts.get(f"{max(ws):g}", 0) + 1
+        return {
+            **super().describe(),
+            "widths": list(self.widths),
+            "train_all_widths": self.train_all_widths,
+            "clients_per_budget": counts,
+            "dense_stand_ins": sorted(w for w, d in self._dense.items() if d is not None),
+        }
+
+
+@register
+class SHeteroFL(HeteroFL):
+    """SHeteroFL: each client trains every width up to its budget, losses summed."""
+
+    name = "sheterofl"
+    train_all_widths = True

@@ -1,0 +1,134 @@
+"""Build the whole report (Table 1, every figure whose rows exist, manifest) from rows alone.
+
+No training and no model evaluation happen here: the inputs are evaluation rows and the run
+records beside them. Everything is rewritten on every call (it is cheap), atomically; figure files
+that an earlier report listed in its manifest but that this report skips are removed, so the folder
+never shows a figure that the current rows no longer support.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib as mpl
+import pandas as pd
+
+from splitmix.errors import ConfigError
+from splitmix.report import figures as F
+from splitmix.report.load import load_rows, reference_methods
+from splitmix.report.outputs import atomic_write_text, save_figure
+from splitmix.report.tables import build_table1, to_csv, to_latex, to_markdown
+
+FORMATS = ("png", "pdf", "svg")
+MANIFEST = "manifest.json"
+TABLE_FILES = ("table1.csv", "table1.md", "table1.tex")
+# Figures that compare methods side by side honour --methods; variant figures use every run.
+METHOD_FIGURES = ("convergence", "per_domain", "client_stats", "flops_accuracy")
+TABLE_CAPTION = (
+    "Table 1: test accuracy [%] (mean ± std over seeds of the unweighted client mean), MACs per "
+    "sample and parameters per width, per method and task; FedAvg widths wider than the smallest "
+    "client budget are marked as violating the budget."
+)
+
+
+@dataclass
+class Report:
+    tables: list[Path] = field(default_factory=list)
+    made: list[tuple[str, list[Path], str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)  # variant methods left out of Table 1
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    fmts = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
+    bad = [f for f in fmts if f not in FORMATS]
+    if bad or not fmts:
+        raise ConfigError(
+            f"--formats {text!r} is invalid; use a comma-separated subset of {', '.join(FORMATS)}"
+        )
+    return fmts
+
+
+def select_methods(rows: pd.DataFrame, patterns: list[str] | None) -> pd.DataFrame:
+    """Rows of methods matching any glob in ``patterns`` (None = all)."""
+    if not patterns:
+        return rows
+    methods = sorted(rows["method"].unique())
+    keep = [m for m in methods if any(fnmatch.fnmatchcase(m, p) for p in patterns)]
+    if not keep:
+        raise ConfigError(
+            f"--methods {','.join(patterns)!r} matches none of the methods in the rows: "
+            f"{', '.join(methods)}"
+        )
+    return rows[rows["method"].isin(keep)]
+
+
+def _old_figure_files(out: Path) -> set[str]:
+    try:
+        old = json.loads((out / MANIFEST).read_text())
+        return {f for entry in old.get("figures", []) for f in entry.get("files", [])}
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
+def make_report(
+    rows_glob: str | list[str],
+    out: Path,
+    formats: tuple[str, ...] = ("png", "pdf"),
+    methods: list[str] | None = None,
+    only: list[str] | None = None,
+) -> Report:
+    """Write Table 1, the figures and ``manifest.json`` into ``out``; return what was done.
+
+    ``methods`` (globs) picks the methods of Table 1 and the method-comparison figures; without
+    it they show every non-AT method at its algorithm's usual settings (``reference_methods``).
+    """
+    out = Path(out)
+    rows = load_rows(rows_glob)
+    report = Report()
+    if methods:
+        chosen = select_methods(rows, methods)
+    else:
+        chosen, report.excluded = reference_methods(rows)
+    table = build_table1(chosen)
+    if table.empty:  # the files are still written: a workflow expects them
+        report.skipped.append(("table1", "no client-mean test acc rows of non-AT runs"))
+    for name, text in zip(
+        TABLE_FILES, (to_csv(table), to_markdown(table), to_latex(table)), strict=True
+    ):
+        atomic_write_text(text, out / name)
+        report.tables.append(out / name)
+    builders = {k: v for k, v in F.BUILDERS.items() if not only or k in only}
+    with mpl.rc_context(F.STYLE):
+        for kind, builder in builders.items():
+            for result in builder(chosen if kind in METHOD_FIGURES else rows):
+                if isinstance(result, F.Skipped):
+                    report.skipped.append((result.name, result.reason))
+                    continue
+                files = save_figure(result.fig, out / result.name, formats)
+                report.made.append((result.name, files, result.caption))
+    _write_manifest(out, report, rows_glob)
+    return report
+
+
+def _write_manifest(out: Path, report: Report, rows_glob: str | list[str]) -> None:
+    old = _old_figure_files(out)
+    new = {p.name for _, files, _ in report.made for p in files}
+    for stale in sorted(old - new):
+        path = out / stale
+        if path.parent == out and path.is_file():  # only files an earlier report wrote here
+            path.unlink()
+    manifest = {
+        "rows": rows_glob,
+        "tables": [{"name": "table1", "files": list(TABLE_FILES), "caption": TABLE_CAPTION}],
+        "figures": [
+            {"name": name, "files": [p.name for p in files], "caption": caption}
+            for name, files, caption in report.made
+        ],
+        "skipped": [{"name": n, "reason": r} for n, r in report.skipped],
+        "variant_methods_not_in_table1": report.excluded,
+    }
+    atomic_write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", out / MANIFEST)

@@ -1,0 +1,328 @@
+"""Gather evaluation rows from files and join each run's configuration onto them.
+
+Evaluation rows (long format, one ``eval.csv`` per run) say *what was measured*; the run record
+``run.json`` written beside them by training says *under which settings* (budget string,
+participation, BN regime, rescaling, adversarial lambda). Figures such as "accuracy per budget
+distribution" need the settings, and the rows do not carry them, so the loader joins a few flat
+config columns onto every row of the run. A run without ``run.json`` still loads: its config columns
+are missing (NaN) and the figures that need them are skipped with that reason.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from splitmix.errors import DataError
+
+ROW_COLUMNS = (
+    "dataset",
+    "split",
+    "method",
+    "algorithm",
+    "seed",
+    "round",
+    "width",
+    "lam",
+    "client",
+    "domain",
+    "metric",
+    "value",
+    "unit",
+)
+RUN_KEYS = ("dataset", "split", "method", "seed")
+TASK_KEYS = ("dataset", "split")
+TEST_ROUND = -1  # rows with round == -1 are test-time metrics; val_acc curves carry the round
+MEAN_CLIENT = "mean"  # the client value of an unweighted mean over clients
+ALL_DOMAINS = ("", "all")  # domain values that mean "not one domain"
+RUN_RECORD = "run.json"
+# Config columns joined from run.json (NaN where a run has no record).
+CONFIG_COLUMNS = (
+    "budgets",
+    "participation",
+    "num_clients",
+    "bn",
+    "rescale_init",
+    "rescale_layer",
+    "train_lam",
+    "min_budget",
+    "run_violates_budget",
+)
+_EPS = 1e-9
+
+
+def read_eval_file(path: Path) -> pd.DataFrame:
+    """Read one eval file through the evaluation's own schema check (one-line DataError)."""
+    from splitmix.evaluate.rows import read_rows  # imports torch: only when rows are read
+
+    return read_rows(path)
+
+
+def _normalise(df: pd.DataFrame) -> pd.DataFrame:
+    """Fix dtypes so that grouping and comparisons do not depend on how a file was parsed."""
+    df = df.copy()
+    for col in ("dataset", "split", "method", "algorithm", "client", "domain", "metric", "unit"):
+        df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str)
+    df["seed"] = pd.to_numeric(df["seed"]).astype(np.int64)
+    df["round"] = pd.to_numeric(df["round"]).astype(np.int64)
+    for col in ("width", "lam", "value"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(np.float64)
+    return df
+
+
+@cache
+def _algorithm_defaults(algorithm: str) -> dict[str, Any]:
+    """Default method params of a registered algorithm (run.json stores only the overrides)."""
+    try:
+        from splitmix.fl.algorithm import get_algorithm
+
+        return dict(get_algorithm(algorithm).params)
+    except Exception:  # unknown or not importable here: the record alone decides
+        return {}
+
+
+def _budget_widths(spec: str) -> list[float]:
+    try:
+        from splitmix.data.budgets import parse_widths
+
+        return parse_widths(spec)
+    except Exception:
+        return []
+
+
+def run_config_columns(record: dict[str, Any]) -> dict[str, Any]:
+    """The flat config columns of one run record (``run.json`` as written by training)."""
+    cfg = record.get("config", {}) or {}
+    fed = record.get("federation", {}) or {}
+    desc = record.get("algorithm", {}) or {}
+    params = {**_algorithm_defaults(str(cfg.get("algorithm", ""))), **cfg.get("method_params", {})}
+    budgets = cfg.get("budgets")
+    # The budgets actually assigned are authoritative (a lognormal string can leave the smallest
+    # width empty); the budget string is the fallback.
+    assigned = [float(k) for k in (fed.get("budgets") or {})]
+    widths = assigned or (_budget_widths(budgets) if budgets is not None else [])
+    violates = desc.get("budget_violating")
+    return {
+        "budgets": budgets if budgets is not None else np.nan,
+        "participation": cfg.get("participation", np.nan),
+        "num_clients": fed.get("num_clients", np.nan),
+        "bn": cfg.get("bn", np.nan),
+        "rescale_init": params.get("rescale_init", np.nan),
+        "rescale_layer": params.get("rescale_layer", np.nan),
+        "train_lam": (cfg.get("adv") or {}).get("lam", np.nan),
+        "min_budget": min(widths) if widths else np.nan,
+        "run_violates_budget": bool(violates) if violates is not None else np.nan,
+    }
+
+
+def _read_record(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / RUN_RECORD
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON ({exc.msg}); rerun that training job") from None
+
+
+def expand(patterns: str | list[str]) -> list[Path]:
+    """Files matching one or more glob patterns (``**`` recursive), sorted, duplicates removed."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    found = {Path(p) for pat in patterns for p in glob.glob(str(pat), recursive=True)}
+    return sorted(p for p in found if p.is_file())
+
+
+def load_rows(patterns: str | list[str]) -> pd.DataFrame:
+    """All evaluation rows matching ``patterns`` with each run's config columns joined on.
+
+    Raises ``DataError`` when nothing matches, naming the pattern and how rows are produced.
+    """
+    files = expand(patterns)
+    if not files:
+        shown = patterns if isinstance(patterns, str) else " ".join(patterns)
+        raise DataError(
+            f"no evaluation rows match {shown!r}; produce them with `python -m splitmix evaluate` "
+            "(or `snakemake`) or pass --rows with the right glob, e.g. 'results/**/eval.csv'"
+        )
+    frames = []
+    for path in files:
+        df = read_eval_file(path)
+        if df.empty:
+            continue
+        df = _normalise(df[list(ROW_COLUMNS)])
+        record = _read_record(path.parent)
+        cols = run_config_columns(record) if record is not None else dict.fromkeys(CONFIG_COLUMNS)
+        for key in CONFIG_COLUMNS:
+            value = cols.get(key)
+            df[key] = np.nan if value is None else value
+        df["source"] = str(path)
+        frames.append(df)
+    if not frames:
+        raise DataError(f"every file matching {patterns!r} is empty; rerun the evaluation")
+    rows = pd.concat(frames, ignore_index=True)
+    return add_derived(rows)
+
+
+def add_derived(rows: pd.DataFrame) -> pd.DataFrame:
+    """Columns every table/figure needs: min budget fallback, budget violation, AT flag."""
+    rows = rows.copy()
+    for key in CONFIG_COLUMNS:
+        if key not in rows.columns:
+            rows[key] = np.nan
+    rows["min_budget"] = pd.to_numeric(rows["min_budget"], errors="coerce")
+    # Without a run record, the smallest width any size-adaptive method evaluates in that task
+    # is the smallest budget (HeteroFL/Split-Mix evaluate exactly the budget widths).
+    fallback = _smallest_width_per_task(rows)
+    missing = rows["min_budget"].isna()
+    if missing.any():
+        keys = list(zip(rows.loc[missing, "dataset"], rows.loc[missing, "split"], strict=True))
+        rows.loc[missing, "min_budget"] = [fallback.get(k, np.nan) for k in keys]
+    rows["violates_budget"] = _violates(rows)
+    rows["is_at"] = _is_at(rows)
+    return rows
+
+
+def _smallest_width_per_task(rows: pd.DataFrame) -> dict[tuple[str, str], float]:
+    out: dict[tuple[str, str], float] = {}
+    for (dataset, split), g in rows.groupby(list(TASK_KEYS), sort=False):
+        adaptive = g[g["algorithm"] != "fedavg"]["width"].dropna()
+        widths = adaptive if not adaptive.empty else g["width"].dropna()
+        if not widths.empty:
+            out[(dataset, split)] = float(widths.min())
+    return out
+
+
+def _violates(rows: pd.DataFrame) -> pd.Series:
+    """FedAvg at a width wider than the smallest client budget trains clients beyond budget."""
+    fedavg = rows["algorithm"] == "fedavg"
+    too_wide = rows["width"] > rows["min_budget"] + _EPS
+    recorded = rows["run_violates_budget"]
+    known = recorded.notna()
+    out = fedavg & too_wide
+    # The record's flag (computed from the actual clients) wins where it exists.
+    out[known & fedavg] = recorded[known & fedavg].astype(bool)
+    return out.astype(bool)
+
+
+def _is_at(rows: pd.DataFrame) -> pd.Series:
+    """Adversarially trained run: lambda > 0 in its run record.
+
+    Without a record only dual-BN runs (rows with a test lambda) are recognised; PGD rows do not
+    mark a run as AT because the evaluation attacks every model by default.
+    """
+    lam = pd.to_numeric(rows["train_lam"], errors="coerce")
+    dual_runs = set(map(tuple, rows.loc[rows["lam"].notna(), list(RUN_KEYS)].values))
+    guessed = pd.Series(
+        [tuple(k) in dual_runs for k in rows[list(RUN_KEYS)].values], index=rows.index, dtype=bool
+    )
+    return (lam > 0).where(lam.notna(), guessed).astype(bool)
+
+
+# ---- selectors ----------------------------------------------------------------------------------
+def _is_nan(x: Any) -> bool:
+    return isinstance(x, float) and math.isnan(x)
+
+
+def client_mean(rows: pd.DataFrame, metric: str, *, test: bool = True) -> pd.DataFrame:
+    """Unweighted mean over clients of ``metric`` per run x width x lam (x round if not test).
+
+    Uses the evaluation's own ``client == "mean"`` rows where they exist and otherwise averages the
+    per-client rows, so a file that stores only one of the two still gives the paper's number.
+    Returns columns RUN_KEYS + algorithm, width, lam, [round,] value.
+    """
+    sel = rows[rows["metric"] == metric]
+    sel = sel[sel["round"] == TEST_ROUND] if test else sel[sel["round"] != TEST_ROUND]
+    keys = [*RUN_KEYS, "algorithm", "width", "lam", "round"]
+    means = sel[(sel["client"] == MEAN_CLIENT) & sel["domain"].isin(ALL_DOMAINS)]
+    per_client = sel[~sel["client"].isin(("", MEAN_CLIENT))]
+    per_client = per_client.groupby([*keys, "client"], dropna=False)["value"].mean().reset_index()
+    computed = per_client.groupby(keys, dropna=False)["value"].mean().reset_index()
+    direct = means.groupby(keys, dropna=False)["value"].mean().reset_index()
+    have = set(map(_key, direct[keys].values))
+    extra = computed[[_key(k) not in have for k in computed[keys].values]]
+    out = pd.concat([direct, extra], ignore_index=True)
+    out = out.sort_values(keys, kind="stable").reset_index(drop=True)
+    return out.drop(columns="round") if test else out
+
+
+def _key(values: Any) -> tuple[Any, ...]:
+    """Hashable row key where NaN equals NaN (float NaN never equals itself)."""
+    return tuple("nan" if _is_nan(v) else v for v in values)
+
+
+def model_metric(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Model-level test metric (client empty or mean) per run x width, averaged over lam rows."""
+    sel = rows[
+        (rows["metric"] == metric)
+        & (rows["round"] == TEST_ROUND)
+        & rows["client"].isin(("", MEAN_CLIENT))
+    ]
+    keys = [*RUN_KEYS, "algorithm", "width"]
+    return sel.groupby(keys, dropna=False)["value"].mean().reset_index()
+
+
+def per_client(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Test-time per-client values (client is a client name): RUN_KEYS, algorithm, width, lam,
+    client, domain, value; repeated rows of one client (e.g. per round) are averaged."""
+    sel = rows[
+        (rows["metric"] == metric)
+        & (rows["round"] == TEST_ROUND)
+        & ~rows["client"].isin(("", MEAN_CLIENT))
+    ]
+    keys = [*RUN_KEYS, "algorithm", "width", "lam", "client"]
+    out = sel.groupby(keys, dropna=False).agg(value=("value", "mean"), domain=("domain", "first"))
+    return out.reset_index()
+
+
+def run_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per run with its config columns (first value; they are constant within a run)."""
+    cols = [c for c in (*CONFIG_COLUMNS, "is_at", "algorithm") if c in rows.columns]
+    return rows.groupby(list(RUN_KEYS), dropna=False)[cols].first().reset_index()
+
+
+# ---- variants -----------------------------------------------------------------------------------
+VARIANT_COLUMNS = ("budgets", "participation", "bn", "rescale_init", "rescale_layer")
+
+
+def reference_filter(runs: pd.DataFrame, controls: list[str]) -> pd.Series:
+    """Mask of runs whose ``controls`` settings are their task's usual ones.
+
+    "Usual" = per setting, the most frequent value over the task's METHODS of every algorithm
+    (methods, not runs, so a variant with more seeds does not win); ties keep every tied value and
+    a setting a method does not have (NaN, e.g. FedAvg's rescaling) never excludes it. This tells a
+    grid's default runs from its budget/participation/BN variants without naming conventions.
+    """
+    keep = pd.Series(True, index=runs.index)
+    for _, g in runs.groupby(["dataset", "split"]):
+        per_method = g.drop_duplicates("method")
+        for col in controls:
+            have = per_method[col].dropna().astype(str)
+            if have.empty:
+                continue
+            counts = have.value_counts()
+            usual = set(counts[counts == counts.max()].index)
+            ok = g[col].isna() | g[col].astype(str).isin(usual)
+            keep[g.index] &= ok
+    return keep
+
+
+def reference_methods(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Rows of the non-AT methods at their algorithm's usual settings, and the methods left out.
+
+    Table 1 and the method-comparison figures compare methods under one setting; variants
+    (other budgets, participation, BN/rescaling) have their own figures. AT runs are kept (they
+    never enter Table 1, and robustness figures select them themselves).
+    """
+    runs = run_table(rows)
+    clean = runs[~runs["is_at"].astype(bool)]
+    keep = reference_filter(clean, list(VARIANT_COLUMNS))
+    excluded = sorted(set(clean.loc[~keep, "method"]) - set(clean.loc[keep, "method"]))
+    return rows[~rows["method"].isin(excluded)], excluded

@@ -1,0 +1,244 @@
+"""Table 1: accuracy, MACs and parameters per width, per method and task (REFERENCE 8).
+
+Accuracy is the mean +- sample standard deviation (ddof=1) over seeds of the unweighted mean over
+clients of the test accuracy; MACs (per sample) and parameters are model-level rows averaged over
+seeds (they do not vary with the seed). One FedAvg run exists per width, so the FedAvg runs of a
+task are merged into one column by stripping the ``_x<width>`` suffix of their method names. A
+FedAvg width wider than the smallest client budget trains some clients beyond their budget: it is
+flagged (``budget_violating``), greyed in LaTeX, marked with a dagger in Markdown and never counts
+as the best of its row.
+
+Layout: one row per task x width, one accuracy / MACs / params column per method, so "best per
+row" compares methods at the same width.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from fractions import Fraction
+
+import numpy as np
+import pandas as pd
+
+from splitmix.report.load import client_mean, model_metric
+
+ALGORITHM_ORDER = ("fedavg", "heterofl", "sheterofl", "splitmix")
+CSV_COLUMNS = (
+    "dataset",
+    "split",
+    "width",
+    "column",
+    "method",
+    "algorithm",
+    "acc_mean",
+    "acc_std",
+    "n_seeds",
+    "macs",
+    "params",
+    "budget_violating",
+    "note",
+)
+VIOLATES_NOTE = "violates budget"
+DAGGER = "†"
+_WIDTH_SUFFIX = re.compile(r"_x[0-9.]+$")
+
+
+def column_name(method: str, algorithm: str) -> str:
+    """Table column of a method: FedAvg's per-width runs share one column."""
+    return _WIDTH_SUFFIX.sub("", method) if algorithm == "fedavg" else method
+
+
+def width_label(width: float, tex: bool = False) -> str:
+    """``x1/8`` style label (the paper's notation), exact for widths like 3/8."""
+    frac = Fraction(width).limit_denominator(64)
+    text = f"{frac.numerator}" if frac.denominator == 1 else f"{frac.numerator}/{frac.denominator}"
+    return f"$\\times${text}" if tex else f"×{text}"
+
+
+def column_order(table: pd.DataFrame) -> list[str]:
+    """Columns ordered FedAvg, HeteroFL, SHeteroFL, Split-Mix, then others, each alphabetically."""
+    pairs = table[["column", "algorithm"]].drop_duplicates()
+
+    def rank(alg: str) -> int:
+        return ALGORITHM_ORDER.index(alg) if alg in ALGORITHM_ORDER else len(ALGORITHM_ORDER)
+
+    pairs = sorted(pairs.itertuples(index=False), key=lambda p: (rank(p.algorithm), p.column))
+    seen: list[str] = []
+    for p in pairs:
+        if p.column not in seen:
+            seen.append(p.column)
+    return seen
+
+
+def build_table1(rows: pd.DataFrame) -> pd.DataFrame:
+    """Long-format Table 1 (CSV_COLUMNS), one row per task x width x method, sorted."""
+    clean = rows[~rows["is_at"]]
+    acc = client_mean(clean, "acc")
+    # Dual-BN rows carry a test lambda; the clean benchmark is lambda = 0 (clean BN).
+    acc = acc[acc["lam"].isna() | (acc["lam"] == 0.0)]
+    keys = ["dataset", "split", "method", "algorithm", "width"]
+    per_seed = acc.groupby([*keys, "seed"], dropna=False)["value"].mean().reset_index()
+    table = (
+        per_seed.groupby(keys)["value"]
+        .agg(acc_mean="mean", acc_std="std", n_seeds="count")
+        .reset_index()
+    )
+    for metric in ("macs", "params"):
+        vals = model_metric(clean, metric).groupby(keys)["value"].mean().rename(metric)
+        table = table.merge(vals.reset_index(), on=keys, how="left")
+    viol = clean.groupby(keys)["violates_budget"].any().rename("budget_violating").reset_index()
+    table = table.merge(viol, on=keys, how="left")
+    table["budget_violating"] = table["budget_violating"].fillna(False).astype(bool)
+    table["note"] = np.where(table["budget_violating"], VIOLATES_NOTE, "")
+    table["column"] = [
+        column_name(m, a) for m, a in zip(table["method"], table["algorithm"], strict=True)
+    ]
+    table = table.sort_values(["dataset", "split", "width", "column", "method"], kind="stable")
+    return table[list(CSV_COLUMNS)].reset_index(drop=True)
+
+
+def to_csv(table: pd.DataFrame) -> str:
+    buf = io.StringIO()
+    table.to_csv(buf, index=False, float_format="%.8g", lineterminator="\n")
+    return buf.getvalue()
+
+
+# ---- cells --------------------------------------------------------------------------------------
+def _acc_text(mean: float, std: float, tex: bool) -> str:
+    pm = " $\\pm$ " if tex else " ± "
+    text = f"{100 * mean:.2f}"
+    return text if math.isnan(std) else f"{text}{pm}{100 * std:.2f}"
+
+
+def _sig(value: float) -> str:
+    """Three significant digits without scientific notation for the magnitudes in this table."""
+    if math.isnan(value):
+        return "–"
+    digits = max(0, 2 - int(math.floor(math.log10(abs(value))))) if value else 0
+    return f"{value:.{digits}f}"
+
+
+def _grid(table: pd.DataFrame, dataset: str, split: str) -> tuple[list[float], list[str]]:
+    sub = table[(table["dataset"] == dataset) & (table["split"] == split)]
+    return sorted(sub["width"].unique()), column_order(sub)
+
+
+def _cell(table: pd.DataFrame, dataset: str, split: str, width: float, col: str) -> pd.Series:
+    hit = table[
+        (table["dataset"] == dataset)
+        & (table["split"] == split)
+        & (table["width"] == width)
+        & (table["column"] == col)
+    ]
+    return hit.iloc[0] if len(hit) else None
+
+
+def _best(cells: list[pd.Series | None]) -> set[int]:
+    """Indices of the best non-violating accuracy (ties at display precision all win)."""
+    scores = {
+        i: round(100 * c["acc_mean"], 2)
+        for i, c in enumerate(cells)
+        if c is not None and not c["budget_violating"] and not math.isnan(c["acc_mean"])
+    }
+    if not scores:
+        return set()
+    top = max(scores.values())
+    return {i for i, s in scores.items() if s == top}
+
+
+def _row_cells(
+    table: pd.DataFrame, dataset: str, split: str, width: float, cols: list[str], tex: bool
+) -> tuple[list[str], list[str], list[str]]:
+    cells = [_cell(table, dataset, split, width, c) for c in cols]
+    best = _best(cells)
+    acc, macs, params = [], [], []
+    for i, c in enumerate(cells):
+        if c is None:
+            acc.append("–")
+            macs.append("–")
+            params.append("–")
+            continue
+        text = _acc_text(c["acc_mean"], c["acc_std"], tex)
+        if i in best:
+            text = f"\\textbf{{{text}}}" if tex else f"**{text}**"
+        if c["budget_violating"]:
+            text = f"\\textcolor{{gray}}{{{text}$^\\dagger$}}" if tex else f"{text} {DAGGER}"
+        acc.append(text)
+        macs.append(_sig(c["macs"] / 1e6))
+        params.append(_sig(c["params"] / 1e6))
+    return acc, macs, params
+
+
+def tasks(table: pd.DataFrame) -> list[tuple[str, str]]:
+    return sorted(set(zip(table["dataset"], table["split"], strict=True)))
+
+
+# ---- Markdown -----------------------------------------------------------------------------------
+MD_LEGEND = (
+    "Accuracy: mean ± std over seeds of the unweighted mean over clients of the test accuracy [%]; "
+    "**bold** = best in the row among budget-respecting methods. MACs: millions of "
+    "multiply-accumulates per sample [M MAC/sample]. Params: millions of parameters [M, a count, "
+    f"not MB]. {DAGGER} = {VIOLATES_NOTE}: FedAvg trained at a width wider than the smallest "
+    "client budget."
+)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    out = ["# Table 1: accuracy, MACs and parameters per width", "", MD_LEGEND, ""]
+    for dataset, split in tasks(table):
+        widths, cols = _grid(table, dataset, split)
+        header = (
+            ["Width"]
+            + [f"{c} acc [%]" for c in cols]
+            + [f"{c} MACs [M]" for c in cols]
+            + [f"{c} params [M]" for c in cols]
+        )
+        out += [f"## {dataset} / {split}", ""]
+        out.append("| " + " | ".join(header) + " |")
+        out.append("|" + "|".join([":--"] + ["--:"] * (len(header) - 1)) + "|")
+        for w in widths:
+            acc, macs, params = _row_cells(table, dataset, split, w, cols, tex=False)
+            out.append("| " + " | ".join([width_label(w), *acc, *macs, *params]) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+# ---- LaTeX --------------------------------------------------------------------------------------
+def _tex_escape(text: str) -> str:
+    return re.sub(r"([_%&#$])", r"\\\1", text)
+
+
+def to_latex(table: pd.DataFrame) -> str:
+    out = [
+        "% Table 1, generated by `python -m splitmix report` from evaluation rows.",
+        "% Needs \\usepackage{booktabs} and \\usepackage{xcolor}.",
+        "% Accuracy: mean $\\pm$ std over seeds of the client-mean test accuracy [%]; bold = best",
+        "% budget-respecting entry of the row; grey with a dagger = FedAvg wider than the smallest",
+        "% client budget (violates budget). MACs in millions per sample; params in millions.",
+    ]
+    for dataset, split in tasks(table):
+        widths, cols = _grid(table, dataset, split)
+        n = len(cols)
+        names = " & ".join(_tex_escape(c) for c in cols)
+        out += [
+            "\\begin{table}[t]",
+            "\\centering\\small",
+            f"\\caption{{{_tex_escape(dataset)} / {_tex_escape(split)}: accuracy, MACs and "
+            "parameters per width.}",
+            f"\\label{{tab:table1-{_tex_escape(dataset)}-{_tex_escape(split)}}}",
+            "\\begin{tabular}{l" + "c" * (3 * n) + "}",
+            "\\toprule",
+            f" & \\multicolumn{{{n}}}{{c}}{{Accuracy [\\%]}} & \\multicolumn{{{n}}}{{c}}"
+            f"{{MACs [M/sample]}} & \\multicolumn{{{n}}}{{c}}{{Params [M]}} \\\\",
+            f"\\cmidrule(lr){{2-{n + 1}}}\\cmidrule(lr){{{n + 2}-{2 * n + 1}}}"
+            f"\\cmidrule(lr){{{2 * n + 2}-{3 * n + 1}}}",
+            f"Width & {names} & {names} & {names} \\\\",
+            "\\midrule",
+        ]
+        for w in widths:
+            acc, macs, params = _row_cells(table, dataset, split, w, cols, tex=True)
+            out.append(" & ".join([width_label(w, tex=True), *acc, *macs, *params]) + " \\\\")
+        out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+    return "\n".join(out)

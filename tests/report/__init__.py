@@ -1,0 +1,1 @@
+"""Tests of splitmix.report (tables and figures from evaluation rows)."""

@@ -1,0 +1,186 @@
+"""Table 1 and the row loader, checked against numbers recomputed by hand from synthetic rows."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from splitmix.errors import DataError
+from splitmix.report.load import load_rows, reference_methods
+from splitmix.report.tables import build_table1, to_latex, to_markdown, width_label
+
+from .synthetic import (
+    WIDTHS,
+    Spec,
+    at_specs,
+    main_specs,
+    run_dir,
+    variant_specs,
+    write_runs,
+)
+
+GLOB = "results/**/eval.csv"
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+    root = tmp_path_factory.mktemp("grid")
+    specs = (
+        main_specs(("digits",), seeds=(1, 2, 3))
+        + at_specs("digits")
+        + variant_specs("digits", seeds=(1,))
+    )
+    written = write_runs(root, specs)
+    rows = load_rows(str(root / GLOB))
+    return root, written, rows
+
+
+def _by_hand(written: pd.DataFrame, method: str, width: float) -> tuple[float, float, int]:
+    """Per seed: plain mean of the per-client test acc rows; then mean and ddof=1 std."""
+    r = written[
+        (written["method"] == method)
+        & (written["metric"] == "acc")
+        & (written["round"] == -1)
+        & (written["width"] == width)
+        & ~written["client"].isin(["mean", ""])
+    ]
+    per_seed = [float(np.mean(g["value"].to_numpy())) for _, g in r.groupby("seed")]
+    return float(np.mean(per_seed)), float(np.std(per_seed, ddof=1)), len(per_seed)
+
+
+def test_table1_numbers_equal_hand_computation(grid):
+    _, written, rows = grid
+    main, _ = reference_methods(rows)
+    table = build_table1(main)
+    cases = [(f"fedavg_x{w:g}", w) for w in WIDTHS] + [
+        (m, w) for m in ("sheterofl", "splitmix") for w in WIDTHS
+    ]
+    assert len(table) == len(cases)
+    for method, width in cases:
+        hit = table[(table["method"] == method) & (table["width"] == width)]
+        assert len(hit) == 1, (method, width)
+        mean, std, n = _by_hand(written, method, width)
+        assert hit["acc_mean"].iloc[0] == pytest.approx(mean, abs=1e-12)
+        assert hit["acc_std"].iloc[0] == pytest.approx(std, abs=1e-12)
+        assert hit["n_seeds"].iloc[0] == n == 3
+        macs = written[(written["method"] == method) & (written["metric"] == "macs")]
+        macs = macs[(macs["width"] == width) & (macs["client"] == "")]["value"].mean()
+        assert hit["macs"].iloc[0] == pytest.approx(macs)
+
+
+def test_budget_violation_flags_only_fedavg_wider_than_min_budget(grid):
+    _, _, rows = grid
+    table = build_table1(reference_methods(rows)[0])
+    flagged = table[table["budget_violating"]]
+    # budgets 8-4-2-1: min budget 1/8, so FedAvg x1/4, x1/2, x1 violate; nothing else does
+    assert sorted(zip(flagged["method"], flagged["width"], strict=True)) == [
+        ("fedavg_x0.25", 0.25),
+        ("fedavg_x0.5", 0.5),
+        ("fedavg_x1", 1.0),
+    ]
+    assert (flagged["note"] == "violates budget").all()
+    md, tex = to_markdown(table), to_latex(table)
+    assert md.count("†") == 3 + 1  # three cells + the legend
+    assert tex.count("\\textcolor{gray}") == 3
+    x18 = next(line for line in md.splitlines() if line.startswith("| ×1/8 "))
+    assert "†" not in x18
+
+
+def test_markdown_and_latex_list_every_method_and_width(grid):
+    _, _, rows = grid
+    table = build_table1(reference_methods(rows)[0])
+    md, tex = to_markdown(table), to_latex(table)
+    for col in ("fedavg", "sheterofl", "splitmix"):
+        assert f"{col} acc [%]" in md
+        assert re.search(rf"Width & .*\b{col}\b", tex)
+    for w in WIDTHS:
+        assert f"| {width_label(w)} |" in md
+        assert f"{width_label(w, tex=True)} &" in tex
+
+
+def test_best_per_row_is_bold_and_never_a_violating_entry(grid):
+    _, _, rows = grid
+    table = build_table1(reference_methods(rows)[0])
+    md = to_markdown(table)
+    for w in WIDTHS:
+        sub = table[(table["width"] == w) & ~table["budget_violating"]]
+        best = sub.loc[sub["acc_mean"].idxmax()]
+        line = next(x for x in md.splitlines() if x.startswith(f"| {width_label(w)} |"))
+        bold = re.findall(r"\*\*([0-9.]+) ±", line)
+        assert bold == [f"{100 * best['acc_mean']:.2f}"]
+        cols = ["fedavg", "sheterofl", "splitmix"]
+        cells = [c.strip() for c in line.strip("|").split("|")][1 : 1 + len(cols)]
+        assert cells[cols.index(best["column"])].startswith("**")
+
+
+def test_loader_joins_run_config_and_flags(grid):
+    _, _, rows = grid
+    one = rows.drop_duplicates(["method", "seed"]).set_index(["method", "seed"])
+    assert one.loc[("splitmix_b8-1-1-1", 1), "budgets"] == "8-1-1-1"
+    assert one.loc[("splitmix_pr2", 1), "participation"] == 2
+    assert one.loc[("splitmix_pr2", 1), "num_clients"] == 10
+    # run.json stores only overrides; the registered algorithm's defaults fill the rest
+    assert bool(one.loc[("splitmix", 1), "rescale_init"]) is True
+    assert bool(one.loc[("splitmix_tracked_ri0", 1), "rescale_init"]) is False
+    assert one.loc[("splitmix", 1), "min_budget"] == 0.125
+    assert bool(one.loc[("fedavg_at0.5_x1", 1), "is_at"]) is True
+    assert bool(one.loc[("splitmix", 1), "is_at"]) is False
+
+
+def test_reference_methods_leave_out_variants_only(grid):
+    _, _, rows = grid
+    _, excluded = reference_methods(rows)
+    assert excluded == sorted(
+        {s.method for s in variant_specs("digits", seeds=(1,))} - {"splitmix"}
+    )
+
+
+def test_at_runs_never_enter_table1(grid):
+    _, _, rows = grid
+    table = build_table1(rows)
+    assert not table["method"].str.contains("_at|dbn").any()
+
+
+def test_without_run_json_min_budget_falls_back_to_smallest_adaptive_width(tmp_path):
+    specs = [
+        Spec("digits", f"fedavg_x{w:g}", "fedavg", 1, (w,), record=False) for w in (0.25, 0.5)
+    ] + [Spec("digits", "splitmix", "splitmix", 1, (0.25, 0.5, 1.0), record=False)]
+    write_runs(tmp_path, specs)
+    rows = load_rows(str(tmp_path / GLOB))
+    assert rows["budgets"].isna().all()
+    table = build_table1(rows)
+    viol = dict(zip(table["method"], table["budget_violating"], strict=False))
+    assert viol == {"fedavg_x0.25": False, "fedavg_x0.5": True, "splitmix": False}
+    assert math.isnan(table["acc_std"].iloc[0])  # one seed: no std, shown as the mean alone
+    assert "±" not in to_markdown(table).split("## ")[1]
+
+
+def test_no_matching_rows_is_a_one_line_data_error(tmp_path):
+    with pytest.raises(DataError, match="no evaluation rows match") as exc:
+        load_rows(str(tmp_path / GLOB))
+    assert "\n" not in str(exc.value)
+
+
+def test_schema_violations_are_reported_with_the_file(tmp_path):
+    spec = Spec("digits", "splitmix", "splitmix", 1, (1.0,))
+    write_runs(tmp_path, [spec])
+    path = run_dir(tmp_path, spec) / "eval.csv"
+    df = pd.read_csv(path, keep_default_na=False)
+    df.loc[0, "metric"] = "accuracy_typo"
+    df.to_csv(path, index=False)
+    with pytest.raises(DataError, match="eval.csv"):
+        load_rows(str(tmp_path / GLOB))
+
+
+def test_without_run_json_pgd_rows_do_not_hide_runs_from_table1(tmp_path):
+    specs = main_specs(("digits",), seeds=(1,), robust=True)
+    for s in specs:
+        s.record = False
+    write_runs(tmp_path, specs)
+    table = build_table1(load_rows(str(tmp_path / GLOB)))
+    assert set(table["column"]) == {"fedavg", "sheterofl", "splitmix"}
