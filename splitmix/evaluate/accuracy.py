@@ -1,0 +1,84 @@
+"""Accuracy of one assembled model on one client's test set, clean and (optionally) under PGD.
+
+Batch size is part of the model's semantics where BN uses batch statistics at eval time (the
+paper's default ``--no_track_stat``, our ``bn='batch'``, and HeteroFL's sliced BN): the output of
+a sample depends on the other samples of its batch, so such models are evaluated in batches of the
+run's ``test_batch_size`` (128 in the paper), last batch short, in stored order - exactly the
+original test loader. Models whose every BN uses running statistics compute each sample on its own,
+so they are evaluated in large batches (faster, same result).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from splitmix.config import AdvConfig
+from splitmix.evaluate.robustness import adversarial_examples
+from splitmix.models import SlimmableBatchNorm
+
+LARGE_BATCH = 1024
+
+
+@dataclass
+class ClientAccuracy:
+    """Counts over one client's test set for one assembled model."""
+
+    n: int = 0
+    correct: int = 0
+    robust: int | None = None  # None when no attack was run
+
+    @property
+    def acc(self) -> float:
+        return self.correct / self.n
+
+    @property
+    def robust_acc(self) -> float | None:
+        return None if self.robust is None else self.robust / self.n
+
+
+def uses_batch_statistics(model: nn.Module) -> bool:
+    """True if some normalisation layer normalises with the batch's statistics in eval mode."""
+    for m in model.modules():
+        if isinstance(m, SlimmableBatchNorm):
+            return True
+        if isinstance(m, _BatchNorm) and (not m.track_running_stats or m.running_mean is None):
+            return True
+    return False
+
+
+def eval_batch_size(model: nn.Module, test_batch_size: int, large: int = LARGE_BATCH) -> int:
+    """``test_batch_size`` for batch-statistics BN (paper semantics), else ``large``."""
+    return int(test_batch_size) if uses_batch_statistics(model) else max(int(large), 1)
+
+
+def _to_unit(x_u8: torch.Tensor) -> torch.Tensor:
+    return x_u8.float().div_(255) if x_u8.dtype == torch.uint8 else x_u8.float()
+
+
+def client_accuracy(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    attack: AdvConfig | None = None,
+) -> ClientAccuracy:
+    """Clean accuracy of eval-mode ``model`` on ``(x, y)`` and, with ``attack``, the accuracy on
+    PGD examples crafted against the same model, batch by batch (the attack sees the whole batch,
+    as the clean pass does). ``x`` is uint8 NCHW (or float in [0, 1])."""
+    model.eval()
+    res = ClientAccuracy(robust=0 if attack is not None else None)
+    for start in range(0, int(y.shape[0]), batch_size):
+        xb = _to_unit(x[start : start + batch_size])
+        yb = y[start : start + batch_size]
+        with torch.inference_mode():
+            res.correct += int((model(xb).argmax(1) == yb).sum())
+        res.n += int(yb.shape[0])
+        if attack is not None:
+            x_adv = adversarial_examples(model, xb, yb, attack)
+            with torch.inference_mode():
+                res.robust += int((model(x_adv).argmax(1) == yb).sum())
+    return res

@@ -1,0 +1,212 @@
+"""Train tiny runs on the bundled digits-mini with the real engine, then evaluate them.
+
+Runs are shared per module (trained once, on demand). Test sets are cut to a few images per client
+so that PGD at every width stays quick; the federation object is passed to both training and
+evaluation, exactly as ``run_training(..., federation=)`` allows.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from splitmix.config import run_config_from_dict
+from splitmix.data.clients import Federation
+from splitmix.data.federation import build_federation
+from splitmix.evaluate import cli
+from splitmix.evaluate.rows import read_rows
+from splitmix.evaluate.run import EvalOptions, evaluate_run, load_run, log_rows
+from splitmix.fl.engine import run_training
+from splitmix.models import bn_mode, build_model
+
+from .test_cost import digit_macs
+
+TEST_PER_CLIENT = 40
+WIDTHS = (0.125, 0.25, 0.5, 1.0)
+METHODS = {
+    "splitmix": {"algorithm": "splitmix", "lr": 0.01},
+    "fedavg": {"algorithm": "fedavg", "method_params": {"width": 0.125}},
+    "heterofl": {"algorithm": "heterofl"},
+    "sheterofl": {"algorithm": "sheterofl"},
+    # one narrow base with dual BN, adversarially trained (REFERENCE 5)
+    "splitmix-dual": {
+        "algorithm": "splitmix",
+        "lr": 0.01,
+        "bn": "tracked",
+        "budgets": "8-4",
+        "adv": {"lam": 0.5},
+        "rounds": 1,
+    },
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def config(method: str, tmp: Path):
+    return run_config_from_dict(
+        {
+            "dataset": "digits-mini",
+            "split": "tiny",
+            "method": method,
+            "seed": 1,
+            "data_root": str(tmp / "no-data"),  # bundled data needs no prepared cache
+            "split_config": {"clients_per_domain": 2, "percent": 0.2, "val_ratio": 0.5},
+            "rounds": 2,
+            "threads": 1,
+            **METHODS[method],
+        }
+    )
+
+
+def _federation(cfg) -> Federation:
+    fed = build_federation(cfg)
+    for c in fed.clients:
+        c.test_x = c.test_x[:TEST_PER_CLIENT].clone()
+        c.test_y = c.test_y[:TEST_PER_CLIENT].clone()
+    return fed
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory) -> Federation:
+    """The federation of every run with the default budgets 8-4-2-1."""
+    return _federation(config("splitmix", tmp_path_factory.mktemp("fed")))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, federation):
+    """method -> (run directory, its federation), each trained once for this module."""
+    cache: dict[str, tuple[Path, Federation]] = {}
+    base = tmp_path_factory.mktemp("runs")
+
+    def get(method: str) -> tuple[Path, Federation]:
+        if method not in cache:
+            cfg = config(method, base)
+            fed = federation if cfg.budgets == "8-4-2-1" else _federation(cfg)
+            out = base / method
+            run_training(cfg, out, federation=fed, progress=False)
+            cache[method] = (out, fed)
+        return cache[method]
+
+    return get
+
+
+def _state_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def _expected_bytes(method: str, budget: float) -> int:
+    """Bytes one client exchanges per round in each direction, from freshly built models: Split-
+    Mix sends its budget/atom bases of width 1/8 whole; HeteroFL the width-R prefix of every
+    tensor, which holds exactly the tensors of a dense model of width R (batch BN: no buffers)."""
+    if method == "splitmix":
+        return round(budget / 0.125) * _state_bytes(build_model("digit", width=0.125))
+    return _state_bytes(build_model("digit", width=budget))
+
+
+@pytest.mark.parametrize("method", ["splitmix", "heterofl"])
+def test_communication_rows_equal_the_exchanged_tensors(trained, method):
+    run_dir, federation = trained(method)
+    run = load_run(run_dir, federation=federation)
+    df = pd.DataFrame(log_rows(run))
+    best = run.best_round
+    for c in federation.clients:
+        per_round = _expected_bytes(method, c.budget)
+        got = df[df["client"] == c.name].set_index("metric")["value"]
+        for d in ("down", "up"):
+            assert got[f"bytes_{d}_per_round"] == per_round
+            assert got[f"bytes_{d}_total"] == 2 * per_round  # every client, both rounds
+            assert got[f"bytes_{d}_total_to_best"] == (best + 1) * per_round
+    mean = df[(df["client"] == "mean") & (df["domain"] == "all")].set_index("metric")["value"]
+    expected = [_expected_bytes(method, c.budget) for c in federation.clients]
+    assert mean["bytes_up_per_round"] == pytest.approx(sum(expected) / len(expected))
+
+
+def _check_run_rows(df: pd.DataFrame, widths: tuple[float, ...], federation: Federation) -> None:
+    names = {c.name for c in federation.clients}
+    domains = {c.domain for c in federation.clients}
+    for w in widths:
+        for metric in ("acc", "robust_acc"):
+            sel = df[(df["metric"] == metric) & (df["width"] == w)]
+            assert names <= set(sel["client"]), (metric, w)
+            means = sel[sel["client"] == "mean"]
+            assert set(means["domain"]) == domains | {"all"}
+            per_client = sel[sel["client"] != "mean"]["value"]
+            assert per_client.between(0, 1).all()
+            assert means.set_index("domain")["value"]["all"] == pytest.approx(per_client.mean())
+        for metric in ("macs", "flops", "params", "state_numel", "model_bytes"):
+            assert len(df[(df["metric"] == metric) & (df["width"] == w)]) == 1
+        assert sorted(df[(df["metric"] == "val_acc") & (df["width"] == w)]["round"]) == [0, 1]
+    acc = df[df["metric"] == "acc"].set_index(["width", "client", "domain"])["value"]
+    robust = df[df["metric"] == "robust_acc"].set_index(["width", "client", "domain"])["value"]
+    assert (robust <= acc + 1e-12).all()  # robust <= standard, per client and width
+    assert set(df[df["metric"] == "bytes_up_total"]["client"]) == names | {"mean"}
+    for metric in ("best_round", "eval_seconds", "run_seconds"):
+        assert len(df[df["metric"] == metric]) == 1
+    assert df["lam"].isna().all()  # no dual BN in these runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["splitmix", "fedavg", "heterofl", "sheterofl"])
+def test_evaluate_every_method_end_to_end(trained, method):
+    run_dir, federation = trained(method)
+    evaluate_run(run_dir, EvalOptions(threads=1), federation=federation)
+    df = read_rows(run_dir / "eval.csv")  # the schema check passes on what was written
+    widths = (0.125,) if method == "fedavg" else WIDTHS
+    _check_run_rows(df, widths, federation)
+    macs = df[df["metric"] == "macs"].set_index("width")["value"]
+    if method == "splitmix":  # ensembles of w / atom bases
+        assert all(macs[w] == (w / 0.125) * macs[0.125] for w in WIDTHS)
+    else:  # the width-w (sub)network of the DigitModel
+        assert all(macs[w] == digit_macs(w) for w in widths)
+    assert set(df["method"]) == {method} and set(df["seed"]) == {1}
+
+
+@pytest.mark.slow
+def test_dual_bn_rows_per_lambda_match_clean_and_noise_models(trained):
+    run_dir, federation = trained("splitmix-dual")
+    df = evaluate_run(run_dir, EvalOptions(threads=1), federation=federation)
+    acc = df[df["metric"] == "acc"]
+    assert sorted(set(acc["lam"])) == [0.0, 0.2, 0.5, 0.8, 1.0]  # adv.test_lams
+    assert set(acc["width"]) == {0.125, 0.25}
+    run = load_run(run_dir, federation=federation)
+    for lam, mode in ((0.0, "clean"), (1.0, "noise")):
+        model = run.algorithm.assemble(0.25, None, None).eval()
+        with bn_mode(model, mode), torch.no_grad():
+            for c in federation.clients:
+                want = (model(c.test_x.float() / 255).argmax(1) == c.test_y).float().mean()
+                got = acc[(acc["width"] == 0.25) & (acc["lam"] == lam) & (acc["client"] == c.name)]
+                assert got["value"].item() == pytest.approx(want.item())
+    curves = df[df["metric"] == "val_robust_acc"]
+    assert len(curves) == 2 and set(curves["lam"]) == {1.0}  # 1 round x 2 widths
+
+
+@pytest.mark.slow
+def test_cli_writes_rows_and_a_summary(trained, capsys, tmp_path):
+    run_dir, _ = trained("fedavg")
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    out = tmp_path / "rows.csv"
+    args = parser.parse_args(
+        ["evaluate", "--run", str(run_dir), "--no-attack", "--out", str(out), "--no-progress"]
+    )
+    assert args.func(args) == 0
+    df = read_rows(out)
+    assert "robust_acc" not in set(df["metric"]) and "acc" in set(df["metric"])
+    assert f"to {out}" in capsys.readouterr().out
+
+
+def test_cli_rejects_a_bad_width_list():
+    from splitmix.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--widths '0.5,x' is not a comma-separated list"):
+        cli.parse_floats("0.5,x", "widths")
