@@ -1,0 +1,551 @@
+"""The federated engine: rounds, client sampling, local training, validation, checkpoint/resume.
+
+The engine owns the order of a round and knows no method by name (DESIGN "one interface, many
+methods"): every method-specific decision goes through the ``Algorithm`` verbs. One round is
+
+    lr <- schedule(round); clients <- sample(round); tasks <- plan(round, clients)
+    for each task: seed torch; model <- download; fresh SGD; local steps; update <- upload
+    aggregate(all updates); every ``eval_every`` rounds: validate every client at every width
+
+Everything random is drawn from a named stream of ``(seed, name)`` keyed by round and client
+(``splitmix.seeding``), so a run resumed from a checkpoint redraws exactly what an uninterrupted run
+would: the checkpoint needs the algorithm's state and the logs, nothing else.
+
+Files written in the output directory (all atomically, see ``checkpoint.py``):
+``checkpoint.pt`` (resume state), ``best.pt`` (best-validation model), ``log.csv`` (one row per
+round), ``comm.csv`` (one row per round x client), ``run.json`` (run record, written last: its
+presence means the run is complete).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import splitmix
+from splitmix.config import RunConfig
+from splitmix.data.clients import Client, Federation
+from splitmix.errors import ConfigError
+from splitmix.fl.algorithm import Algorithm, FederationInfo, LossFn, Task, get_algorithm
+from splitmix.fl.checkpoint import atomic_torch_save, atomic_write_text, load_checkpoint
+from splitmix.fl.losses import make_loss, use_masked_loss
+from splitmix.fl.runlog import CsvLog
+from splitmix.fl.sampling import sample_clients
+from splitmix.fl.schedule import lr_at
+from splitmix.seeding import rng
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+LOG = "log.csv"
+COMM = "comm.csv"
+RUN_RECORD = "run.json"
+OUTPUTS = (CHECKPOINT, BEST, LOG, COMM, RUN_RECORD)
+COMM_COLUMNS = ("round", "client", "bytes_down", "bytes_up", "seconds")
+FORMAT = 1  # bump when the checkpoint layout changes
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+# ---- small pure helpers (tested directly) -----------------------------------------------------
+def derived_seed(seed: int, name: str) -> int:
+    """A 63-bit integer seed for stream ``name`` (for ``torch.manual_seed`` and generators)."""
+    return int(rng(seed, name).integers(0, 2**63 - 1))
+
+
+def make_generator(seed: int, name: str, device: torch.device) -> torch.Generator:
+    """A torch generator of stream ``name`` living on ``device`` (CUDA ops need a CUDA one)."""
+    g = torch.Generator(device=device)
+    g.manual_seed(derived_seed(seed, name))
+    return g
+
+
+def local_steps(n_train: int, batch_size: int, local_epochs: int) -> int:
+    """Mini-batch steps of one client per round: ``ceil(n / b) * epochs`` (REFERENCE 9.6)."""
+    return math.ceil(n_train / batch_size) * local_epochs
+
+
+def width_key(width: float) -> str:
+    """Column suffix of a width: ``0.125``, ``0.5``, ``1``."""
+    return f"{width:g}"
+
+
+def state_nbytes(module: nn.Module) -> int:
+    """Bytes of a module's state tensors (parameters and buffers), each storage counted once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for t in module.state_dict(keep_vars=True).values():
+        key = (t.data_ptr(), t.numel())
+        if key in seen:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total
+
+
+def download_nbytes(algorithm: Algorithm, task: Task, model: nn.Module) -> int:
+    """Bytes the server sent to the client for ``task``.
+
+    A method that keeps state the client never receives in the downloaded module (its local
+    tensors, bases it does not train) says so with an optional ``download_bytes(task)`` verb;
+    otherwise the whole state of the module the client received is what was sent.
+    """
+    verb = getattr(algorithm, "download_bytes", None)
+    if callable(verb):
+        return int(verb(task))
+    return state_nbytes(model)
+
+
+def batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, steps: int, generator: torch.Generator
+):
+    """Yield ``steps`` index batches: a permutation cut into batches (last one may be short),
+    re-permuted whenever it is exhausted, like a shuffling DataLoader re-created when empty."""
+    n = int(y.shape[0])
+    perm = torch.randperm(n, generator=generator)
+    pos = 0
+    for _ in range(steps):
+        if pos >= n:
+            perm = torch.randperm(n, generator=generator)
+            pos = 0
+        idx = perm[pos : pos + batch_size]
+        pos += batch_size
+        yield idx
+
+
+# ---- validation ---------------------------------------------------------------------------------
+@dataclass
+class ClientEval:
+    """Sums over one client's validation set for one width."""
+
+    n: int = 0
+    correct: int = 0
+    loss_sum: float = 0.0
+    robust: int = 0
+
+    @property
+    def acc(self) -> float:
+        return self.correct / self.n
+
+    @property
+    def ra(self) -> float:
+        return self.robust / self.n
+
+
+def _eval_clean(
+    model: nn.Module, x_u8: torch.Tensor, y: torch.Tensor, bs: int, loss_fn: LossFn
+) -> ClientEval:
+    res = ClientEval()
+    with torch.no_grad():
+        for start in range(0, int(y.shape[0]), bs):
+            xb = x_u8[start : start + bs].float().div_(255)
+            yb = y[start : start + bs]
+            out = model(xb)
+            res.loss_sum += float(loss_fn(out, yb)) * yb.shape[0]
+            res.correct += int((out.argmax(1) == yb).sum())
+            res.n += int(yb.shape[0])
+    return res
+
+
+def _eval_robust(model: nn.Module, x_u8: torch.Tensor, y: torch.Tensor, bs: int, adv) -> int:
+    from splitmix.fl.adversarial import pgd  # lazy: only adversarial runs need torchattacks
+
+    robust = 0
+    for start in range(0, int(y.shape[0]), bs):
+        xb = x_u8[start : start + bs].float().div_(255)
+        yb = y[start : start + bs]
+        x_adv = pgd(model, xb, yb, adv)
+        with torch.no_grad():
+            robust += int((model(x_adv).argmax(1) == yb).sum())
+    return robust
+
+
+# ---- the run ------------------------------------------------------------------------------------
+class _Run:
+    """State of one training run; methods are the steps of ``run_training``."""
+
+    def __init__(self, cfg: RunConfig, out_dir: Path, fed: Federation, progress: bool) -> None:
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.progress = progress
+        self.device = torch.device(cfg.device)
+        self.fed = _to_device(fed, self.device)
+        self.hash = cfg.config_hash()
+        self.loss_fn = make_loss(use_masked_loss(cfg.masked_loss, cfg.split_config.kind))
+        self.augment = _augment(cfg)
+        self.adv = cfg.adv.lam > 0
+        self.algorithm = _build_algorithm(cfg, fed)
+        self.widths = sorted(float(w) for w in self.algorithm.eval_widths())
+        if not self.widths:
+            raise ConfigError(f"algorithm {cfg.algorithm!r} validates no width (eval_widths empty)")
+        self.log = CsvLog(self.out / LOG, self._log_columns())
+        self.comm = CsvLog(self.out / COMM, COMM_COLUMNS)
+        self.start_round = 0
+        self.best_metric = -math.inf
+        self.best_round = -1
+        self.wall_before = 0.0  # wall time of earlier (interrupted) invocations
+
+    def _log_columns(self) -> list[str]:
+        cols = ["round", "lr", "seconds", "train_loss", "bytes_up", "bytes_down", "n_clients"]
+        for kind in ("val_acc", "val_loss") + (("val_ra",) if self.adv else ()):
+            cols += [f"{kind}@{width_key(w)}" for w in self.widths]
+        return [*cols, "metric"]
+
+    # -- checkpoint / resume --
+    def resume_or_start(self, restart: bool) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        if restart:
+            for name in OUTPUTS:
+                (self.out / name).unlink(missing_ok=True)
+        ckpt_path = self.out / CHECKPOINT
+        self.algorithm.init_global(make_generator(self.cfg.seed, "init", torch.device("cpu")))
+        if ckpt_path.exists():
+            ckpt = load_checkpoint(ckpt_path)
+            if ckpt.get("format") != FORMAT:
+                raise ConfigError(
+                    f"{ckpt_path} has checkpoint format {ckpt.get('format')!r}, this version "
+                    f"writes {FORMAT}; use a new --out directory or pass --restart"
+                )
+            if ckpt.get("config_hash") != self.hash:
+                raise ConfigError(
+                    f"{ckpt_path} was written by a different config (hash "
+                    f"{ckpt.get('config_hash')}, this run {self.hash}); use a new --out directory "
+                    "or pass --restart to start over"
+                )
+            self.algorithm.load_state_dict(ckpt["algorithm"])
+            self.start_round = int(ckpt["round"]) + 1
+            self.best_metric = float(ckpt["best_metric"])
+            self.best_round = int(ckpt["best_round"])
+            self.wall_before = float(ckpt["wall_time"])
+            self.log.rows = list(ckpt["log_rows"])
+            self.comm.rows = list(ckpt["comm_rows"])
+        else:  # a fresh start never inherits files of an earlier run in the same directory
+            for name in (BEST, RUN_RECORD):
+                (self.out / name).unlink(missing_ok=True)
+        # drop rows a crashed run appended after its last checkpoint; they will be recomputed
+        self.log.rewrite()
+        self.comm.rewrite()
+
+    def save_checkpoint(self, round_idx: int, wall: float) -> None:
+        atomic_torch_save(
+            {
+                "format": FORMAT,
+                "config_hash": self.hash,
+                "config": self.cfg.to_dict(),
+                "round": round_idx,
+                "algorithm": self.algorithm.state_dict(),
+                "best_metric": self.best_metric,
+                "best_round": self.best_round,
+                "wall_time": wall,
+                "log_rows": self.log.rows,
+                "comm_rows": self.comm.rows,
+            },
+            self.out / CHECKPOINT,
+        )
+        self.log.rewrite()
+        self.comm.rewrite()
+
+    # -- one round --
+    def train_round(self, r: int) -> dict[str, Any]:
+        cfg, alg = self.cfg, self.algorithm
+        t0 = time.perf_counter()
+        lr = lr_at(cfg, r)
+        clients = sample_clients(cfg.seed, r, len(self.fed.clients), cfg.participation)
+        tasks = alg.plan(r, clients, rng(cfg.seed, f"plan/{r}"))
+        updates = []
+        comm_rows = []
+        loss_sum, steps_total = 0.0, 0
+        for task in tasks:
+            client = self.fed.clients[task.client]
+            tc = time.perf_counter()
+            torch.manual_seed(derived_seed(cfg.seed, f"torch/{r}/{task.client}"))
+            model = alg.download(task)
+            down = download_nbytes(alg, task, model)
+            s, n = self.train_client(model, task, client, lr, r)
+            update = alg.upload(task, model)
+            del model
+            updates.append((task, update, float(client.weight)))
+            loss_sum += s
+            steps_total += n
+            comm_rows.append(
+                {
+                    "round": r,
+                    "client": task.client,
+                    "bytes_down": down,
+                    "bytes_up": update.nbytes(),
+                    "seconds": time.perf_counter() - tc,
+                }
+            )
+        alg.aggregate(updates)
+        del updates
+        row: dict[str, Any] = {
+            "round": r,
+            "lr": lr,
+            "train_loss": loss_sum / steps_total if steps_total else math.nan,
+            "bytes_up": sum(c["bytes_up"] for c in comm_rows),
+            "bytes_down": sum(c["bytes_down"] for c in comm_rows),
+            "n_clients": len(tasks),
+        }
+        if (r + 1) % cfg.eval_every == 0 or r == cfg.rounds - 1:
+            row.update(self.validate(r))
+        row["seconds"] = time.perf_counter() - t0
+        self.log.append([row])
+        self.comm.append(comm_rows)
+        return row
+
+    def train_client(
+        self, model: nn.Module, task: Task, client: Client, lr: float, r: int
+    ) -> tuple[float, int]:
+        """Local SGD of one client; returns (sum of step losses, number of steps)."""
+        cfg, alg, dev = self.cfg, self.algorithm, self.device
+        params = [p for p in model.parameters() if p.requires_grad]
+        steps = local_steps(int(client.train_y.shape[0]), cfg.batch_size, cfg.local_epochs)
+        if not params or steps == 0:
+            return 0.0, 0
+        # a fresh optimizer per client per round: no momentum carried over (REFERENCE 1.0)
+        opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        g_batch = make_generator(cfg.seed, f"batches/{r}/{task.client}", torch.device("cpu"))
+        g_aug = make_generator(cfg.seed, f"augment/{r}/{task.client}", dev)
+        xs, ys = client.train_x, client.train_y
+        total = 0.0
+        for idx in batches(xs, ys, cfg.batch_size, steps, g_batch):
+            idx = idx.to(dev, non_blocking=True)
+            x = xs.index_select(0, idx).float().div_(255)
+            y = ys.index_select(0, idx)
+            if self.augment is not None:
+                x = self.augment(x, g_aug)
+            opt.zero_grad(set_to_none=True)
+            total += float(alg.train_step(model, task, x, y, self.loss_fn))
+            opt.step()
+        return total, steps
+
+    def validate(self, r: int) -> dict[str, float]:
+        """Every client's val set at every width: mean accuracy/loss (and RA) over clients, and
+        the selection metric = mean over clients of the widest width's (1-lam)SA + lam RA."""
+        cfg, alg = self.cfg, self.algorithm
+        torch.manual_seed(derived_seed(cfg.seed, f"val/{r}"))  # PGD random starts
+        lam_clean = 0.0 if self.adv else None
+        per: dict[float, list[ClientEval]] = {w: [] for w in self.widths}
+        for client in self.fed.clients:
+            if client.val_y.numel() == 0:
+                continue
+            for w in self.widths:
+                model = alg.assemble(w, lam_clean, client.index)
+                model.eval()
+                res = _eval_clean(
+                    model, client.val_x, client.val_y, cfg.test_batch_size, self.loss_fn
+                )
+                if self.adv:
+                    model = alg.assemble(w, 1.0, client.index)
+                    model.eval()
+                    res.robust = _eval_robust(
+                        model, client.val_x, client.val_y, cfg.test_batch_size, cfg.adv
+                    )
+                per[w].append(res)
+        if not per[self.widths[0]]:
+            raise ConfigError(
+                f"no client has validation data (split_config.val_ratio="
+                f"{cfg.split_config.val_ratio}); raise val_ratio"
+            )
+        out: dict[str, float] = {}
+        for w, evals in per.items():
+            k = width_key(w)
+            out[f"val_acc@{k}"] = float(np.mean([e.acc for e in evals]))
+            out[f"val_loss@{k}"] = float(np.mean([e.loss_sum / e.n for e in evals]))
+            if self.adv:
+                out[f"val_ra@{k}"] = float(np.mean([e.ra for e in evals]))
+        lam = float(cfg.adv.lam)
+        widest = per[self.widths[-1]]
+        out["metric"] = float(np.mean([(1 - lam) * e.acc + lam * e.ra for e in widest]))
+        return out
+
+    def maybe_save_best(self, row: dict[str, Any]) -> None:
+        metric = row.get("metric")
+        if metric is None or not metric > self.best_metric:
+            return
+        self.best_metric, self.best_round = float(metric), int(row["round"])
+        atomic_torch_save(
+            {
+                "format": FORMAT,
+                "config_hash": self.hash,
+                "config": self.cfg.to_dict(),
+                "round": self.best_round,
+                "metric": self.best_metric,
+                "algorithm": self.algorithm.state_dict(),
+            },
+            self.out / BEST,
+        )
+
+    def write_record(self, wall: float) -> dict[str, Any]:
+        record = {
+            "config": self.cfg.to_dict(),
+            "config_hash": self.hash,
+            "versions": _versions(),
+            "algorithm": self.algorithm.describe(),
+            "best_round": self.best_round,
+            "best_metric": self.best_metric,
+            "rounds": self.cfg.rounds,
+            "wall_time_s": wall,
+            "federation": federation_counts(self.fed),
+        }
+        atomic_write_text(
+            json.dumps(record, indent=2, default=_json_default) + "\n", self.out / RUN_RECORD
+        )
+        return record
+
+
+# ---- setup helpers ------------------------------------------------------------------------------
+def _augment(cfg: RunConfig) -> Augment | None:
+    from splitmix.data.augment import get_augment, no_augment
+
+    fn = get_augment(cfg.augment, cfg.dataset)
+    return None if fn is no_augment else fn
+
+
+def _build_algorithm(cfg: RunConfig, fed: Federation) -> Algorithm:
+    arch = cfg.arch
+    if arch is None:
+        from splitmix.models import default_arch
+
+        arch = default_arch(cfg.dataset)
+    info = FederationInfo(
+        num_clients=len(fed.clients),
+        budgets=fed.budgets,
+        weights=fed.weights,
+        num_classes=fed.num_classes,
+        input_shape=tuple(fed.input_shape),
+        arch=arch,
+        client_domains=tuple(c.domain for c in fed.clients),
+    )
+    return get_algorithm(cfg.algorithm)(cfg, info)
+
+
+def _to_device(fed: Federation, device: torch.device) -> Federation:
+    """Move every client's tensors to ``device`` once, so batches never cross the bus."""
+    if device.type == "cpu":
+        return fed
+    names = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
+    for c in fed.clients:
+        for name in names:
+            setattr(c, name, getattr(c, name).to(device))
+    return fed
+
+
+def federation_counts(fed: Federation) -> dict[str, Any]:
+    """Summary counts recorded in ``run.json``."""
+
+    def total(attr: str) -> int:
+        return int(sum(getattr(c, attr).shape[0] for c in fed.clients))
+
+    return {
+        "dataset": fed.dataset,
+        "split": fed.split,
+        "domains": list(fed.domains),
+        "num_clients": len(fed.clients),
+        "num_classes": fed.num_classes,
+        "input_shape": list(fed.input_shape),
+        "n_train": total("train_y"),
+        "n_val": total("val_y"),
+        "n_test": total("test_y"),
+        "budgets": {width_key(b): int((fed.budgets == b).sum()) for b in np.unique(fed.budgets)},
+    }
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "splitmix": splitmix.__version__,
+    }
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray | tuple | set):
+        return list(obj.tolist() if isinstance(obj, np.ndarray) else obj)
+    return str(obj)
+
+
+# ---- public API -------------------------------------------------------------------------------
+def run_training(
+    cfg: RunConfig,
+    out_dir: Path,
+    *,
+    federation: Federation | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    restart: bool = False,
+) -> dict[str, Any]:
+    """Train ``cfg`` into ``out_dir``, resuming from ``out_dir/checkpoint.pt`` when present.
+
+    ``stop_after`` simulates a kill once that many rounds (in total) are done: the run returns
+    without its end-of-run checkpoint, exactly like a process killed between checkpoints.
+    ``restart`` deletes earlier outputs in ``out_dir`` first. Returns a summary dict.
+    """
+    torch.set_num_threads(cfg.threads)
+    if federation is None:
+        from splitmix.data.federation import build_federation
+
+        federation = build_federation(cfg)
+    run = _Run(cfg, Path(out_dir), federation, progress)
+    run.resume_or_start(restart)
+    t_start = time.perf_counter()
+
+    def wall() -> float:
+        return run.wall_before + time.perf_counter() - t_start
+
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=cfg.rounds,
+        initial=run.start_round,
+        disable=not progress,
+        desc=f"{cfg.method} {cfg.dataset}/{cfg.split} seed{cfg.seed}",
+        unit="round",
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    stopped = False
+    last = run.start_round - 1
+    try:
+        for r in range(run.start_round, cfg.rounds):
+            row = run.train_round(r)
+            run.maybe_save_best(row)
+            last = r
+            bar.update(1)
+            if row.get("metric") is not None:
+                acc = row[f"val_acc@{width_key(run.widths[-1])}"]
+                bar.set_postfix(val=f"{acc:.3f}", best=f"{run.best_metric:.3f}", refresh=False)
+            if (r + 1) % cfg.checkpoint_every == 0 and r + 1 < cfg.rounds:
+                run.save_checkpoint(r, wall())
+            if stop_after is not None and r + 1 >= stop_after and r + 1 < cfg.rounds:
+                stopped = True
+                break
+    finally:
+        bar.close()
+    result = {
+        "out_dir": str(run.out),
+        "config_hash": run.hash,
+        "rounds_done": last + 1,
+        "stopped": stopped,
+        "best_round": run.best_round,
+        "best_metric": run.best_metric,
+    }
+    if stopped:
+        return result
+    run.save_checkpoint(cfg.rounds - 1, wall())
+    record = run.write_record(wall())
+    result["wall_time_s"] = record["wall_time_s"]
+    return result
