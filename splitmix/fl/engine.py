@@ -110,7 +110,11 @@ def batches(
     x: torch.Tensor, y: torch.Tensor, batch_size: int, steps: int, generator: torch.Generator
 ):
     """Yield ``steps`` index batches: a permutation cut into batches (last one may be short),
-    re-permuted whenever it is exhausted, like a shuffling DataLoader re-created when empty."""
+    re-permuted whenever it is exhausted, like a shuffling DataLoader re-created when empty.
+
+    A lone leftover sample joins the batch before it: batch-norm cannot train on one sample
+    (the original code would crash on such a batch), and dropping it would waste data.
+    """
     n = int(y.shape[0])
     perm = torch.randperm(n, generator=generator)
     pos = 0
@@ -118,8 +122,11 @@ def batches(
         if pos >= n:
             perm = torch.randperm(n, generator=generator)
             pos = 0
-        idx = perm[pos : pos + batch_size]
-        pos += batch_size
+        end = pos + batch_size
+        if n - end == 1:
+            end = n
+        idx = perm[pos:end]
+        pos = end
         yield idx
 
 
