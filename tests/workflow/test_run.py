@@ -1,0 +1,151 @@
+"""End to end on config/test.yaml: interrupted and rerun, the table, and a report-only rebuild.
+
+One pipeline run serves all tests of this module (a few minutes on 2 cores): Snakemake is
+interrupted (SIGINT, as Ctrl-C) once the first training run has finished, then rerun to the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from . import (
+    PROFILE,
+    SNAKEFILE,
+    SNAKEMAKE,
+    TEST_CONFIG,
+    jobs_by_rule,
+    snakemake,
+)
+
+pytestmark = pytest.mark.slow
+
+TRAIN_OUTPUTS = ("best.pt", "log.csv", "comm.csv", "run.json")
+
+
+def _run_dirs(workdir: Path) -> list[Path]:
+    return sorted((workdir / "results" / "digits-mini" / "tiny").glob("*/seed1"))
+
+
+def _complete(run_dir: Path) -> bool:
+    return all((run_dir / name).is_file() for name in TRAIN_OUTPUTS)
+
+
+def _finished_train_dirs(output: str, workdir: Path) -> set[Path]:
+    """Run directories of the train jobs Snakemake reported as finished."""
+    jobids: dict[str, str] = {}
+    rule = jobid = None
+    for line in output.splitlines():
+        s = line.strip()
+        if s.startswith(("rule ", "localrule ")) and s.endswith(":"):
+            rule, jobid = s.split()[1].rstrip(":"), None
+        elif s.startswith("jobid:"):
+            jobid = s.split()[1]
+        elif s.startswith("wildcards:") and rule == "train" and jobid:
+            jobids[jobid] = dict(
+                p.split("=", 1) for p in s.removeprefix("wildcards: ").split(", ")
+            )["method"]
+    finished = re.findall(r"Finished jobid: (\d+) \(Rule: train\)", output)
+    base = workdir / "results" / "digits-mini" / "tiny"
+    return {base / jobids[j] / "seed1" for j in finished}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """Interrupt a run once a training job has finished, then finish it."""
+    workdir = tmp_path_factory.mktemp("pipeline")
+    cmd = [str(SNAKEMAKE), "-s", str(SNAKEFILE), "--directory", str(workdir), "--cores", "2",
+           "--workflow-profile", str(PROFILE), "--configfile", str(TEST_CONFIG)]  # fmt: skip
+    first = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(first.stdout), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and first.poll() is None:
+        if any("(Rule: train)" in line for line in list(lines)):
+            break
+        time.sleep(0.2)
+    assert first.poll() is None, "snakemake finished before it could be interrupted"
+    first.send_signal(signal.SIGINT)  # as Ctrl-C
+    first.wait(timeout=120)
+    reader.join(timeout=30)
+    first_out = "".join(lines)
+    finished = _finished_train_dirs(first_out, workdir)
+    done = {d: {n: (d / n).stat().st_mtime_ns for n in TRAIN_OUTPUTS} for d in finished}
+
+    second = snakemake(workdir, "--cores", "2", "--configfile", str(TEST_CONFIG))
+    return {"workdir": workdir, "first": first, "first_out": first_out, "done": done,
+            "second": second}  # fmt: skip
+
+
+def test_interrupt_then_rerun_keeps_finished_jobs_and_redoes_the_rest(pipeline):
+    assert pipeline["first"].returncode != 0  # it was interrupted, not finished
+    assert pipeline["done"], pipeline["first_out"][-3000:]
+    second = pipeline["second"]
+    assert second.returncode == 0, second.stdout[-4000:]
+    redone = {j["method"] for j in jobs_by_rule(second.stdout).get("train", [])}
+    all_methods = {d.parent.name for d in _run_dirs(pipeline["workdir"])}
+    finished = {d.parent.name for d in pipeline["done"]}
+    assert redone == all_methods - finished  # interrupted and never-started jobs, nothing else
+    for run_dir, mtimes in pipeline["done"].items():
+        assert {n: (run_dir / n).stat().st_mtime_ns for n in TRAIN_OUTPUTS} == mtimes
+    # every run is complete, its record whole JSON of a finished 2-round run
+    assert len(all_methods) == 7
+    for run_dir in _run_dirs(pipeline["workdir"]):
+        assert _complete(run_dir)
+        record = json.loads((run_dir / "run.json").read_text())
+        assert record["rounds"] == 2 and record["best_round"] in (0, 1)
+        assert (run_dir / "eval.csv").is_file()
+
+
+def test_table_has_every_method_and_width(pipeline):
+    assert pipeline["second"].returncode == 0
+    with open(pipeline["workdir"] / "figures" / "test" / "table1.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    cells = {(r["method"], float(r["width"])) for r in rows if r["acc_mean"]}
+    widths = (0.125, 0.25, 0.5, 1.0)
+    for method in ("heterofl", "sheterofl", "splitmix"):
+        assert {(method, w) for w in widths} <= cells
+    # FedAvg: one run per width, each evaluated at its own width
+    assert {(f"fedavg_x{w:g}", w) for w in widths} <= cells
+    for r in rows:
+        if r["acc_mean"]:
+            assert 0.0 <= float(r["acc_mean"]) <= 1.0
+
+
+def test_deleting_figures_reruns_only_the_report(pipeline):
+    workdir = pipeline["workdir"]
+    assert pipeline["second"].returncode == 0
+    figures = workdir / "figures" / "test"
+    shutil.rmtree(figures)
+    dry = snakemake(workdir, "-n", "--cores", "2", "--configfile", str(TEST_CONFIG))
+    assert dry.returncode == 0, dry.stdout[-2000:]
+    assert set(jobs_by_rule(dry.stdout)) == {"report", "all"}
+    before = {p: p.stat().st_mtime_ns for p in (workdir / "results").rglob("*.pt")}
+    again = snakemake(workdir, "--cores", "2", "--configfile", str(TEST_CONFIG))
+    assert again.returncode == 0, again.stdout[-2000:]
+    assert (figures / "table1.md").is_file()
+    assert sorted(figures.glob("*.png"))
+    assert {p: p.stat().st_mtime_ns for p in (workdir / "results").rglob("*.pt")} == before
+
+
+def test_html_report_holds_every_figure(pipeline):
+    workdir = pipeline["workdir"]
+    assert pipeline["second"].returncode == 0
+    proc = snakemake(workdir, "--configfile", str(TEST_CONFIG), "--report", "report.html")
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    html = (workdir / "report.html").read_text()
+    figures = sorted(p.name for p in (workdir / "figures" / "test").glob("*.png"))
+    assert figures
+    for name in figures:
+        assert name in html

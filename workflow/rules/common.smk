@@ -1,0 +1,277 @@
+"""Config handling shared by every rule: validate once, resolve every run, name every file.
+
+Everything here runs when Snakemake parses the workflow (also for a dry run and inside every
+cluster job), so a bad config fails before any job starts, with the key and the allowed values.
+"""
+
+import copy
+import os
+import re
+import sys
+from pathlib import Path
+
+import jsonschema
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# The library beside this Snakefile is the one both the parse and the jobs use, also when
+# snakemake runs with --directory elsewhere (jobs get it through PYTHONPATH, set below).
+REPO = Path(workflow.basedir).resolve()
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from splitmix.data.catalog import DATASETS  # noqa: E402
+from splitmix.data.store import MANIFEST, prepared_dir  # noqa: E402
+from splitmix.errors import SplitmixError  # noqa: E402
+from splitmix.experiment import iter_runs, resolve_run  # noqa: E402
+
+
+def _prepend_env(name, value):
+    """Put ``value`` first on the path-like environment variable ``name``."""
+    rest = os.environ.get(name)
+    os.environ[name] = os.pathsep.join([value, rest] if rest else [value])
+
+
+# Jobs inherit this environment (locally, and on a cluster node where the job's snakemake parses
+# this file again): `python` is the interpreter running snakemake, so `.venv/bin/snakemake` works
+# without activating the venv, and `-m splitmix` imports the library beside this Snakefile.
+_prepend_env("PATH", str(Path(sys.executable).parent))
+_prepend_env("PYTHONPATH", str(REPO))
+
+
+def _config_source():
+    files = workflow.config_settings.configfiles
+    return ", ".join(map(str, files)) if files else "config/config.yaml"
+
+
+# --configfile FILE *replaces* config/config.yaml instead of being deep-merged into it (Snakemake's
+# default), so a grid never inherits methods or datasets from the quick default.
+if workflow.config_settings.configfiles:
+    config.clear()
+    config.update(copy.deepcopy(workflow.config_settings.overwrite_config))
+
+
+def _where(error):
+    path = ".".join(str(p) for p in error.absolute_path)
+    return path or "(top level)"
+
+
+def _option(schema):
+    """A subschema of a oneOf as a short phrase: -1, null, integer >= 1, ..."""
+    if "const" in schema:
+        return repr(schema["const"])
+    if "enum" in schema:
+        return " | ".join(map(repr, schema["enum"]))
+    text = schema.get("type", "value")
+    for key, sign in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<=")):
+        if key in schema:
+            text += f" {sign} {schema[key]}"
+    return text
+
+
+def _explain(error):
+    """One line naming the key, what is wrong and what is allowed."""
+    message = error.message
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        if allowed:
+            message += f"; allowed keys: {', '.join(allowed)}"
+    elif error.validator in ("oneOf", "anyOf"):
+        message += f"; allowed: {' or '.join(_option(s) for s in error.validator_value)}"
+    if error.schema.get("description") and error.validator != "additionalProperties":
+        message += f" ({' '.join(error.schema['description'].split())})"
+    return f"config error in {_config_source()} at {_where(error)}: {message}"
+
+
+def _validate_schema():
+    try:
+        validate(config, "../schemas/config.schema.yaml")
+    except WorkflowError as exc:
+        # snakemake formats the jsonschema error into a multi-line text; the original is the
+        # exception being handled when it raised, and gives the key path and the allowed values
+        cause = exc.__context__ or exc.__cause__
+        if isinstance(cause, jsonschema.ValidationError):
+            raise WorkflowError(_explain(cause)) from None
+        raise
+
+
+def _check_names():
+    """Names a run entry refers to must exist, and methods must name a registered algorithm."""
+    from splitmix.fl.algorithm import available_algorithms, get_algorithm
+
+    datasets, methods = config["datasets"], config["methods"]
+    for i, run in enumerate(config["runs"]):
+        where = f"config error in {_config_source()} at runs.{i}"
+        if run["dataset"] not in datasets:
+            raise WorkflowError(
+                f"{where}.dataset: {run['dataset']!r} is not in datasets; "
+                f"allowed: {', '.join(datasets)}"
+            )
+        if run["split"] not in datasets[run["dataset"]]["splits"]:
+            raise WorkflowError(
+                f"{where}.split: {run['split']!r} is not a split of {run['dataset']}; "
+                f"allowed: {', '.join(datasets[run['dataset']]['splits'])}"
+            )
+        for m in run.get("methods") or []:
+            if m not in methods:
+                raise WorkflowError(
+                    f"{where}.methods: {m!r} is not in methods; allowed: {', '.join(methods)}"
+                )
+    for name in datasets:
+        if name not in DATASETS:
+            raise WorkflowError(
+                f"config error in {_config_source()} at datasets.{name}: unknown dataset; "
+                f"allowed: {', '.join(DATASETS)}"
+            )
+    registered = available_algorithms()
+    for name, m in methods.items():
+        where = f"config error in {_config_source()} at methods.{name}"
+        if m["algorithm"] not in registered:
+            raise WorkflowError(
+                f"{where}.algorithm: {m['algorithm']!r} is not registered; allowed: "
+                f"{', '.join(registered)} (a new method is one file in baselines/)"
+            )
+        known = get_algorithm(m["algorithm"]).params
+        unknown = sorted(set(m.get("params") or {}) - set(known))
+        if unknown:
+            raise WorkflowError(
+                f"{where}.params: unknown parameter(s) {', '.join(unknown)} for "
+                f"{m['algorithm']}; allowed: {', '.join(sorted(known)) or 'none'}"
+            )
+
+
+def _experiment():
+    """The experiment as the training CLI reads it: the config minus the workflow section."""
+    return {k: copy.deepcopy(v) for k, v in config.items() if k != "workflow"}
+
+
+def _resolve_all(exp):
+    """RunConfig of every (dataset, split, method, seed) the config asks for."""
+    out = {}
+    for key in iter_runs(exp):
+        try:
+            out[key] = resolve_run(exp, *key)
+        except SplitmixError as exc:
+            raise WorkflowError(f"config error in {_config_source()} for run {key}: {exc}") from None
+    return out
+
+
+def _write_experiment(exp, name):
+    """The experiment file the jobs read, rewritten (atomically) only when its content changes.
+
+    Its path depends on the workflow name only, so editing the config does not by itself change
+    any job's command or params: a run re-trains only when its own resolved config (the
+    config_hash param of rule train) changes.
+    """
+    text = yaml.safe_dump(exp, sort_keys=True)
+    path = Path("results") / "config" / f"{name}.yaml"
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return str(path)
+
+
+_validate_schema()
+_check_names()
+WF = config["workflow"]
+EXP = _experiment()
+RUNS = _resolve_all(EXP)
+EXPERIMENT = _write_experiment(EXP, WF["name"])
+
+RUN_DIR = "results/{dataset}/{split}/{method}/seed{seed}"
+DATA_ROOT = str(Path(config.get("data_root", "data")))
+REPORT_DIR = f"figures/{WF['name']}"
+
+
+def _alternatives(names):
+    return "|".join(re.escape(n) for n in sorted(set(names), key=len, reverse=True))
+
+
+wildcard_constraints:
+    dataset=_alternatives(config["datasets"]),
+    split=_alternatives(s for d in config["datasets"].values() for s in d["splits"]),
+    method=_alternatives(config["methods"]),
+    seed=r"\d+",
+
+
+def run_cfg(wildcards):
+    key = (wildcards.dataset, wildcards.split, wildcards.method, int(wildcards.seed))
+    try:
+        return RUNS[key]
+    except KeyError:
+        raise WorkflowError(
+            f"{RUN_DIR.format(**wildcards)} is not part of the runs section of {_config_source()}"
+        ) from None
+
+
+def run_dirs():
+    return [RUN_DIR.format(dataset=d, split=s, method=m, seed=n) for d, s, m, n in RUNS]
+
+
+# ---- data ------------------------------------------------------------------------------------
+def data_manifests(cfg):
+    """Prepared-data manifests a run needs (none for bundled datasets)."""
+    spec = DATASETS[cfg.dataset]
+    if spec.bundled:
+        return []
+    size = cfg.image_size or spec.image_size
+    domains = cfg.split_config.domains or spec.domains
+    return [str(prepared_dir(cfg.dataset, d, size, cfg.data_root) / MANIFEST) for d in domains]
+
+
+def prepare_command(dataset, domain, size):
+    spec = DATASETS[dataset]
+    extra = "" if int(size) == spec.image_size else f" --size {size}"
+    root = config.get("data_root")
+    extra += f" --root {root}" if root else ""
+    return f"python -m splitmix data prepare {dataset} --domain {domain}{extra}"
+
+
+def _missing_data():
+    missing = sorted({m for cfg in RUNS.values() for m in data_manifests(cfg)})
+    return [m for m in missing if not Path(m).is_file()]
+
+
+MISSING_DATA = _missing_data()
+if MISSING_DATA and not WF["prepare_data"]:
+    logger.warning(
+        f"{len(MISSING_DATA)} prepared data folder(s) missing; the data jobs will fail with the "
+        "command to run (or set workflow: {prepare_data: true}):\n  "
+        + "\n  ".join(str(Path(m).parent) for m in MISSING_DATA)
+    )
+
+
+# ---- resources ---------------------------------------------------------------------------------
+# Rough peak memory (MB) of one training process per model family on CPU, measured with the quick
+# default's client counts; the paper grids override them in workflow.resources.
+_MEM_MB = {"digits": 3000, "cifar10": 4000, "domainnet": 16000}
+
+
+def _family(dataset):
+    return next((f for f in _MEM_MB if dataset.startswith(f)), "digits")
+
+
+def mem_mb(wildcards):
+    own = WF["resources"].get(wildcards.dataset, {})
+    return own.get("mem_mb", _MEM_MB[_family(wildcards.dataset)])
+
+
+def runtime(wildcards):
+    return WF["resources"].get(wildcards.dataset, {}).get("runtime", 60)
+
+
+def attack_flag(wildcards):
+    """PGD at evaluation for the runs workflow.attack selects (it costs (steps + 1) passes)."""
+    mode = WF["attack"]
+    on = mode == "all" or (mode == "adversarial" and run_cfg(wildcards).adv.lam > 0)
+    return "--attack" if on else "--no-attack"
+
+
+def gpus(wildcards):
+    return 1 if run_cfg(wildcards).device.startswith("cuda") else 0

@@ -1,0 +1,27 @@
+# Evaluation rows of one finished run: test accuracy per width (and dual-BN lambda), PGD
+# robustness, cost and communication, as long rows in eval.csv (docs/evaluation.md).
+
+
+rule evaluate:
+    input:
+        data=lambda wc: data_manifests(run_cfg(wc)),
+        best=f"{RUN_DIR}/best.pt",
+        log=f"{RUN_DIR}/log.csv",
+        comm=f"{RUN_DIR}/comm.csv",
+        record=f"{RUN_DIR}/run.json",
+    output:
+        rows=f"{RUN_DIR}/eval.csv",
+    params:
+        run=lambda wc, input: os.path.dirname(input.record),
+        attack=attack_flag,
+        extra=" ".join(WF["evaluate_args"]),
+    threads: lambda wc: run_cfg(wc).threads
+    resources:
+        mem_mb=mem_mb,
+        runtime=runtime,
+        gpu=gpus,
+    log:
+        "results/logs/evaluate/{dataset}/{split}/{method}/seed{seed}.log",
+    shell:
+        "python -m splitmix evaluate --run {params.run} --out {output.rows} {params.attack} "
+        "--no-progress {params.extra} > {log} 2>&1"

@@ -1,0 +1,24 @@
+# Tables and figures from evaluation rows alone: deleting figures/<name>/ and rerunning rebuilds
+# them without any training or evaluation job.
+
+
+rule report:
+    input:
+        rows=expand("{run}/eval.csv", run=run_dirs()),
+        records=expand("{run}/run.json", run=run_dirs()),
+    output:
+        report(
+            directory(REPORT_DIR),
+            patterns=["{figure}.png"],
+            caption="../report/figure.rst",
+            category="Figures",
+            labels={"figure": "{figure}"},
+        ),
+    params:
+        rows=lambda wc, input: " ".join(f"--rows {r}" for r in input.rows),
+        extra=" ".join(WF["report_args"]),
+    localrule: True
+    log:
+        f"results/logs/report/{WF['name']}.log",
+    shell:
+        "python -m splitmix report {params.rows} --out {output} {params.extra} > {log} 2>&1"
