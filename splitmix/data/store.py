@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from splitmix.atomic import atomic_write, atomic_write_text
 from splitmix.data.catalog import check_domain, get_dataset
 from splitmix.data.fetch import (
     MIRROR_ENV,
-    atomic_write_text,
     available,
     fetch,
     recorded_sha256,
@@ -74,16 +74,7 @@ def read_manifest(
 
 # ------------------------------------------------------------------------------------ writing
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache must be readable by others
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: np.save(fh, np.ascontiguousarray(array), allow_pickle=False))
 
 
 def _library_version() -> str:

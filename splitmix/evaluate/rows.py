@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from splitmix.atomic import atomic_write_text
 from splitmix.errors import DataError
-from splitmix.fl.checkpoint import atomic_write_text
 
 COLUMNS: tuple[str, ...] = (
     "dataset",
@@ -219,7 +219,7 @@ def write_rows(df: pd.DataFrame, path: Path) -> Path:
     buf = io.StringIO()
     # default float formatting is repr (shortest exact round trip); NaN is written as ''
     df.to_csv(buf, index=False, na_rep="", lineterminator="\n")
-    atomic_write_text(buf.getvalue(), path)
+    atomic_write_text(path, buf.getvalue())
     return path
 
 

@@ -34,11 +34,12 @@ import torch
 from torch import nn
 
 import splitmix
+from splitmix.atomic import atomic_write_text
 from splitmix.config import RunConfig
 from splitmix.data.clients import Client, Federation
 from splitmix.errors import ConfigError
 from splitmix.fl.algorithm import Algorithm, FederationInfo, LossFn, Task, get_algorithm
-from splitmix.fl.checkpoint import atomic_torch_save, atomic_write_text, load_checkpoint
+from splitmix.fl.checkpoint import atomic_torch_save, load_checkpoint
 from splitmix.fl.losses import make_loss, use_masked_loss
 from splitmix.fl.runlog import CsvLog
 from splitmix.fl.sampling import sample_clients
@@ -406,7 +407,9 @@ class _Run:
             "federation": federation_counts(self.fed),
         }
         atomic_write_text(
-            json.dumps(record, indent=2, default=_json_default) + "\n", self.out / RUN_RECORD
+            self.out / RUN_RECORD,
+            json.dumps(record, indent=2, default=_json_default) + "\n",
+            durable=True,  # its presence marks the run complete
         )
         return record
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from splitmix.fl.checkpoint import atomic_write_text
+from splitmix.atomic import atomic_write_text
 
 
 def _fmt(value: Any) -> str:
@@ -48,7 +48,7 @@ class CsvLog:
     def rewrite(self) -> None:
         """Replace the file with exactly the rows in memory (atomic)."""
         # no fsync: after any crash the resumed run rewrites this file from its checkpoint
-        atomic_write_text(self._render(self.rows, header=True), self.path, durable=False)
+        atomic_write_text(self.path, self._render(self.rows, header=True))
 
     def append(self, rows: list[dict[str, Any]]) -> None:
         """Record ``rows`` in memory and append them to the file (not atomic; see module doc)."""

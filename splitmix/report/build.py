@@ -16,10 +16,11 @@ from pathlib import Path
 import matplotlib as mpl
 import pandas as pd
 
+from splitmix.atomic import atomic_write_text
 from splitmix.errors import ConfigError
 from splitmix.report import figures as F
 from splitmix.report.load import load_rows, reference_methods
-from splitmix.report.outputs import atomic_write_text, save_figure
+from splitmix.report.outputs import save_figure
 from splitmix.report.tables import build_table1, to_csv, to_latex, to_markdown
 
 FORMATS = ("png", "pdf", "svg")
@@ -99,7 +100,7 @@ def make_report(
     for name, text in zip(
         TABLE_FILES, (to_csv(table), to_markdown(table), to_latex(table)), strict=True
     ):
-        atomic_write_text(text, out / name)
+        atomic_write_text(out / name, text)
         report.tables.append(out / name)
     builders = {k: v for k, v in F.BUILDERS.items() if not only or k in only}
     with mpl.rc_context(F.STYLE):
@@ -131,4 +132,4 @@ def _write_manifest(out: Path, report: Report, rows_glob: str | list[str]) -> No
         "skipped": [{"name": n, "reason": r} for n, r in report.skipped],
         "variant_methods_not_in_table1": report.excluded,
     }
-    atomic_write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", out / MANIFEST)
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")

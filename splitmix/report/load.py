@@ -21,22 +21,8 @@ import numpy as np
 import pandas as pd
 
 from splitmix.errors import DataError
+from splitmix.evaluate.rows import COLUMNS as ROW_COLUMNS
 
-ROW_COLUMNS = (
-    "dataset",
-    "split",
-    "method",
-    "algorithm",
-    "seed",
-    "round",
-    "width",
-    "lam",
-    "client",
-    "domain",
-    "metric",
-    "value",
-    "unit",
-)
 RUN_KEYS = ("dataset", "split", "method", "seed")
 TASK_KEYS = ("dataset", "split")
 TEST_ROUND = -1  # rows with round == -1 are test-time metrics; val_acc curves carry the round

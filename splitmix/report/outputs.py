@@ -9,10 +9,10 @@ same rows give the same bytes (tables are checked byte-for-byte in tests).
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from splitmix.atomic import atomic_write_bytes
 
 # PDF/PNG metadata without creation dates: reruns on the same rows give identical files.
 _METADATA = {
@@ -22,26 +22,6 @@ _METADATA = {
 DPI = 150
 
 
-def atomic_write_bytes(data: bytes, path: Path) -> None:
-    """Write ``data`` to ``path`` so that no partial file can ever be observed there."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    atomic_write_bytes(text.encode("utf-8"), path)
-
-
 def save_figure(fig: Any, stem: Path, formats: tuple[str, ...]) -> list[Path]:
     """Render ``fig`` once per format into memory, then write each file atomically."""
     written = []
@@ -49,6 +29,6 @@ def save_figure(fig: Any, stem: Path, formats: tuple[str, ...]) -> list[Path]:
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt, dpi=DPI, metadata=_METADATA.get(fmt), bbox_inches="tight")
         path = Path(f"{stem}.{fmt}")
-        atomic_write_bytes(buf.getvalue(), path)
+        atomic_write_bytes(path, buf.getvalue())
         written.append(path)
     return written
