@@ -51,7 +51,7 @@ class RunConfig:
     method: str  # name of the method entry (a wildcard in results paths)
     algorithm: str  # registered Algorithm name, e.g. "splitmix", "heterofl", "fedavg"
     seed: int = 1
-    data_root: str = "data"
+    data_root: str | None = None  # None = $SPLITMIX_DATA, else "data" (splitmix.data.store)
     split_config: SplitConfig = field(default_factory=SplitConfig)
     method_params: dict[str, Any] = field(
         default_factory=dict

@@ -30,7 +30,9 @@ import yaml
 from splitmix.config import RunConfig, run_config_from_dict
 from splitmix.errors import ConfigError
 
-SECTIONS = ("data_root", "training", "datasets", "methods", "seeds", "runs")
+# ``workflow``: Snakemake-only settings (report name, data policy, resources); ignored here so one
+# file serves both the workflow and `python -m splitmix train --config`.
+SECTIONS = ("data_root", "training", "datasets", "methods", "seeds", "runs", "workflow")
 DATASET_KEYS = ("training", "splits")
 METHOD_KEYS = ("algorithm", "params", "training")
 RUN_KEYS = ("dataset", "split", "methods", "training")

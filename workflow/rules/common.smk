@@ -25,7 +25,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from splitmix.data.catalog import DATASETS  # noqa: E402
-from splitmix.data.store import MANIFEST, prepared_dir  # noqa: E402
+from splitmix.data.store import MANIFEST, data_root, prepared_dir  # noqa: E402
 from splitmix.errors import SplitmixError  # noqa: E402
 from splitmix.experiment import iter_runs, resolve_run  # noqa: E402
 
@@ -185,7 +185,7 @@ RUNS = _resolve_all(EXP)
 EXPERIMENT = _write_experiment(EXP, WF["name"])
 
 RUN_DIR = "results/{dataset}/{split}/{method}/seed{seed}"
-DATA_ROOT = str(Path(config.get("data_root", "data")))
+DATA_ROOT = str(data_root(config.get("data_root")))  # config > $SPLITMIX_DATA > data
 REPORT_DIR = f"figures/{WF['name']}"
 
 
