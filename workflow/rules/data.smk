@@ -21,6 +21,8 @@ rule data:
     message:
         "data: {wildcards.data_dataset}/{wildcards.domain} at {wildcards.size}px is not "
         "prepared ({params.command})"
+    conda:
+        "../envs/splitmix.yaml"
     shell:
         """
         if [ "{params.prepare}" = "True" ]; then

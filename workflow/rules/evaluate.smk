@@ -22,6 +22,8 @@ rule evaluate:
         gpu=gpus,
     log:
         "results/logs/evaluate/{dataset}/{split}/{method}/seed{seed}.log",
+    conda:
+        "../envs/splitmix.yaml"
     shell:
         "python -m splitmix evaluate --run {params.run} --out {output.rows} {params.attack} "
         "--no-progress {params.extra} > {log} 2>&1"

@@ -20,5 +20,7 @@ rule report:
     localrule: True
     log:
         f"results/logs/report/{WF['name']}.log",
+    conda:
+        "../envs/splitmix.yaml"
     shell:
         "python -m splitmix report {params.rows} --out {output} {params.extra} > {log} 2>&1"

@@ -26,6 +26,8 @@ rule train:
         gpu=gpus,
     log:
         "results/logs/train/{dataset}/{split}/{method}/seed{seed}.log",
+    conda:
+        "../envs/splitmix.yaml"
     shell:
         "python -m splitmix train --config {params.experiment} --dataset {wildcards.dataset} "
         "--split {wildcards.split} --method {wildcards.method} --seed {wildcards.seed} "
