@@ -267,14 +267,26 @@ def test_missing_everything_offline_names_file_checksum_source(tmp_path: Path) -
     assert state == "missing" and "svhn/test_32x32.mat" in missing
 
 
-def test_bundled_status_and_delegation(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_bundled_is_decoded_once_then_memory_mapped(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import splitmix.data.bundle as bundle
 
     seen = []
-    monkeypatch.setattr(bundle, "load_bundled", lambda *a: seen.append(a) or "sentinel")
+    real = bundle.load_bundled
+    monkeypatch.setattr(bundle, "load_bundled", lambda *a: seen.append(a) or real(*a))
     assert status("digits-mini", "usps", root=tmp_path) == "bundled"
-    assert load_domain("digits-mini", "usps", "test", root=tmp_path) == "sentinel"
-    assert seen == [("digits-mini", "usps", "test")]
+    first = load_domain("digits-mini", "usps", "test", root=tmp_path)
+    again = load_domain("digits-mini", "usps", "test", root=tmp_path)
+    assert seen == [("digits-mini", "usps", "test")]  # decoded once, then read from the cache
+    assert isinstance(again.images, np.memmap)
+    np.testing.assert_array_equal(again.images, first.images)
+    np.testing.assert_array_equal(again.labels, first.labels)
+    # a marker for another payload (a rebuilt bundle) is not trusted: decode anew
+    marker = next(tmp_path.rglob("test.bundle-sha256"))
+    marker.write_text("0" * 64 + "\n")
+    load_domain("digits-mini", "usps", "test", root=tmp_path)
+    assert len(seen) == 2
     assert prepare("digits-mini", root=tmp_path) == []
 
 
