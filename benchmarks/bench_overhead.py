@@ -111,7 +111,7 @@ def bare_loop(cfg: RunConfig, fed: Federation, init: dict[str, torch.Tensor]):
             )
             g = make_generator(cfg.seed, f"batches/{r}/{c.index}", torch.device("cpu"))
             steps = local_steps(len(c.train_y), cfg.batch_size, cfg.local_epochs)
-            for idx in batches(c.train_x, c.train_y, cfg.batch_size, steps, g):
+            for idx in batches(int(c.train_y.shape[0]), cfg.batch_size, steps, g):
                 x = c.train_x.index_select(0, idx).float().div_(255)
                 y = c.train_y.index_select(0, idx)
                 opt.zero_grad(set_to_none=True)

@@ -107,16 +107,13 @@ def download_nbytes(algorithm: Algorithm, task: Task, model: nn.Module) -> int:
     return state_nbytes(model)
 
 
-def batches(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int, steps: int, generator: torch.Generator
-):
+def batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
     """Yield ``steps`` index batches: a permutation cut into batches (last one may be short),
     re-permuted whenever it is exhausted, like a shuffling DataLoader re-created when empty.
 
     A lone leftover sample joins the batch before it: batch-norm cannot train on one sample
     (the original code would crash on such a batch), and dropping it would waste data.
     """
-    n = int(y.shape[0])
     perm = torch.randperm(n, generator=generator)
     pos = 0
     for _ in range(steps):
@@ -326,7 +323,7 @@ class _Run:
         g_aug = make_generator(cfg.seed, f"augment/{r}/{task.client}", dev)
         xs, ys = client.train_x, client.train_y
         total = 0.0
-        for idx in batches(xs, ys, cfg.batch_size, steps, g_batch):
+        for idx in batches(int(ys.shape[0]), cfg.batch_size, steps, g_batch):
             idx = idx.to(dev, non_blocking=True)
             x = xs.index_select(0, idx).float().div_(255)
             y = ys.index_select(0, idx)
