@@ -33,6 +33,12 @@ class SplitConfig:
     domains: tuple[str, ...] | None = None  # None = all domains of the dataset
 
 
+def pgd_step_size(eps: float, steps: int) -> float:
+    """The original's PGD step for ``steps`` iterations: ``min(1.25 eps, eps + 4/255) / steps``
+    (REFERENCE 5; (10/255)/7 for the paper's eps 8/255 and 7 steps)."""
+    return min(1.25 * eps, eps + 4 / 255) / max(int(steps), 1)
+
+
 @dataclass(frozen=True)
 class AdvConfig:
     """Adversarial training and robustness evaluation (REFERENCE 5)."""
@@ -40,8 +46,13 @@ class AdvConfig:
     lam: float = 0.0  # training loss (1-lam)*CE(clean) + lam*CE(adversarial); 0 = no AT
     eps: float = 8 / 255
     steps: int = 7
-    step_size: float = (10 / 255) / 7
+    step_size: float | None = None  # None = pgd_step_size(eps, steps), the original's rule
     test_lams: tuple[float, ...] = (0.0, 0.2, 0.5, 0.8, 1.0)  # dual-BN mixing at test
+
+    def __post_init__(self) -> None:
+        # resolved here so that the config hash and run.json record the step actually used
+        if self.step_size is None:
+            object.__setattr__(self, "step_size", pgd_step_size(self.eps, self.steps))
 
 
 @dataclass(frozen=True)

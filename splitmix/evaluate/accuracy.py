@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from splitmix.config import AdvConfig
+from splitmix.evaluate.fast import inference_model
 from splitmix.evaluate.robustness import adversarial_examples
 from splitmix.models import SlimmableBatchNorm
 
@@ -68,8 +69,12 @@ def client_accuracy(
 ) -> ClientAccuracy:
     """Clean accuracy of eval-mode ``model`` on ``(x, y)`` and, with ``attack``, the accuracy on
     PGD examples crafted against the same model, batch by batch (the attack sees the whole batch,
-    as the clean pass does). ``x`` is uint8 NCHW (or float in [0, 1])."""
+    as the clean pass does). ``x`` is uint8 NCHW (or float in [0, 1]).
+
+    The passes run on ``inference_model(model)`` (channels-last, fused ensembles; see
+    ``evaluate.fast``): the same numbers up to float rounding, faster on a CPU."""
     model.eval()
+    model = inference_model(model)
     res = ClientAccuracy(robust=0 if attack is not None else None)
     for start in range(0, int(y.shape[0]), batch_size):
         xb = _to_unit(x[start : start + batch_size])
