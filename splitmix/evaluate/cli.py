@@ -6,6 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
+from splitmix.config import AdvConfig
 from splitmix.errors import ConfigError
 
 
@@ -21,6 +22,29 @@ def parse_floats(text: str, what: str) -> tuple[float, ...]:
     if not values:
         raise ConfigError(f"--{what} is empty; give e.g. 0.125,0.25,0.5,1")
     return values
+
+
+def parse_intensity(text: str, what: str) -> float:
+    """``"8/255"`` or ``"0.0314"`` -> a float in [0, 1]; one-line ConfigError otherwise."""
+    num, _, den = text.partition("/")
+    try:
+        value = float(num) / (float(den) if den else 1.0)
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"--{what} {text!r} is not a number or a fraction like 8/255") from None
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"--{what} {text!r} is outside [0, 1] (inputs are in [0, 1]); e.g. 8/255")
+    return value
+
+
+def pgd_settings(args: argparse.Namespace) -> AdvConfig:
+    """The evaluation attack from the --pgd-* flags (defaults: the paper's PGD-7, eps 8/255)."""
+    if args.pgd_steps < 1:
+        raise ConfigError(f"--pgd-steps {args.pgd_steps} must be >= 1 (the paper uses 7)")
+    eps = parse_intensity(args.pgd_eps, "pgd-eps")
+    step = (
+        None if args.pgd_step_size is None else parse_intensity(args.pgd_step_size, "pgd-step-size")
+    )
+    return AdvConfig(eps=eps, steps=args.pgd_steps, step_size=step)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,6 +69,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=True,
         help="robust accuracy under L-inf PGD (default on)",
     )
+    p.add_argument(
+        "--pgd-steps",
+        type=int,
+        default=7,
+        help="PGD iterations of --attack (default 7, as the paper)",
+    )
+    p.add_argument("--pgd-eps", default="8/255", help="PGD L-inf radius (default 8/255)")
+    p.add_argument(
+        "--pgd-step-size",
+        default=None,
+        help="PGD step (default: min(1.25 eps, eps + 4/255) / steps, the original's rule)",
+    )
     p.add_argument("--out", type=Path, default=None, help="rows file (default RUN/eval.csv)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the run's)")
     p.add_argument("--device", default=None, help="e.g. cpu or cuda (default: the run's)")
@@ -53,7 +89,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from splitmix.allocator import keep_freed_memory
     from splitmix.evaluate.run import EVAL, EvalOptions, evaluate_run
+
+    keep_freed_memory()
 
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads {args.threads} must be >= 1")
@@ -61,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         widths=parse_floats(args.widths, "widths") if args.widths else None,
         lams=parse_floats(args.lams, "lams") if args.lams else None,
         attack=args.attack,
+        pgd=pgd_settings(args),
         threads=args.threads,
         device=args.device,
         progress=not args.no_progress,

@@ -82,6 +82,10 @@ METRICS: dict[str, Metric] = {
     "best_round": Metric("round", False, "round of the best-validation checkpoint evaluated"),
     "run_seconds": Metric("s", False, "wall time of the training run (run.json)"),
     "eval_seconds": Metric("s", False, "wall time of this evaluation"),
+    # the attack behind every robust_acc row of the file (only when robust accuracy was measured)
+    "pgd_eps": Metric("intensity", False, "L-inf radius of the evaluation PGD, inputs in [0, 1]"),
+    "pgd_steps": Metric("count", False, "iterations of the evaluation PGD"),
+    "pgd_step_size": Metric("intensity", False, "step of the evaluation PGD"),
 }
 
 

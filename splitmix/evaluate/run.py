@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from splitmix.config import RunConfig, run_config_from_dict
+from splitmix.config import AdvConfig, RunConfig, run_config_from_dict
 from splitmix.data.clients import Federation
 from splitmix.errors import ConfigError, DataError
 from splitmix.evaluate.accuracy import LARGE_BATCH, ClientAccuracy, client_accuracy, eval_batch_size
@@ -59,6 +59,9 @@ class EvalOptions:
     widths: tuple[float, ...] | None = None
     lams: tuple[float, ...] | None = None
     attack: bool = True
+    # The attack of every robust accuracy, the same for every run whatever it was trained with
+    # (default: the paper's PGD-7, eps 8/255); only eps, steps and step_size are used.
+    pgd: AdvConfig = AdvConfig()
     threads: int | None = None  # None = the run's ``threads``
     device: str | None = None  # None = the run's ``device``
     large_batch: int = LARGE_BATCH
@@ -169,7 +172,7 @@ def maybe_sort_bases(run: LoadedRun) -> list[int] | None:
 
 
 def _client_results(
-    run: LoadedRun, width: float, lam: float | None, attack: bool, large: int
+    run: LoadedRun, width: float, lam: float | None, attack: AdvConfig | None, large: int
 ) -> dict[str, ClientAccuracy]:
     """Test accuracy (and PGD accuracy) of every client with a test set, for one (width, lam)."""
     cfg, alg = run.cfg, run.algorithm
@@ -189,7 +192,7 @@ def _client_results(
             c.test_x.to(device),
             c.test_y.to(device),
             bs,
-            cfg.adv if attack else None,
+            attack,
         )
     return out
 
@@ -221,7 +224,8 @@ def model_rows(run: LoadedRun, options: EvalOptions) -> list[dict[str, Any]]:
         # a model without dual BN is the same at every lambda: evaluate it once, lam empty
         lams = [x if x is not None else 0.0 for x in requested] if is_dual(model) else [None]
         for lam in lams:
-            res = _client_results(run, width, lam, options.attack, options.large_batch)
+            attack = options.pgd if options.attack else None
+            res = _client_results(run, width, lam, attack, options.large_batch)
             common = {"width": width, "lam": lam}
             rows += client_rows(key, "acc", {c: r.acc for c, r in res.items()}, domains, **common)
             if options.attack:
@@ -264,6 +268,11 @@ def evaluate_run(
     try:
         maybe_sort_bases(run)
         rows = model_rows(run, options) + log_rows(run)
+        if options.attack:
+            pgd = options.pgd
+            rows += [
+                run.key.row(f"pgd_{k}", getattr(pgd, k)) for k in ("eps", "steps", "step_size")
+            ]
     finally:
         torch.set_num_threads(threads)
     rows.append(run.key.row("eval_seconds", time.perf_counter() - t0))

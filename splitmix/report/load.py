@@ -154,7 +154,33 @@ def load_rows(patterns: str | list[str]) -> pd.DataFrame:
     if not frames:
         raise DataError(f"every file matching {patterns!r} is empty; rerun the evaluation")
     rows = pd.concat(frames, ignore_index=True)
+    check_one_attack(rows)
     return add_derived(rows)
+
+
+PGD_METRICS = ("pgd_eps", "pgd_steps", "pgd_step_size")
+
+
+def check_one_attack(rows: pd.DataFrame) -> None:
+    """DataError if robust accuracies were measured with different evaluation attacks (the
+    ``pgd_*`` rows of each file): such numbers are not comparable in one table or figure."""
+    pgd = rows[rows["metric"].isin(PGD_METRICS)]
+    if pgd.empty:
+        return
+    settings = pgd.pivot_table(index="source", columns="metric", values="value", aggfunc="first")
+    settings = settings.reindex(columns=list(PGD_METRICS)).round(9)
+    first_source, first = settings.index[0], settings.iloc[0]
+    for source, other in settings.iterrows():
+        if not (other == first).all():
+            raise DataError(
+                f"robust accuracies were measured with different PGD attacks ("
+                f"{_attack(first)} in {first_source}, {_attack(other)} in {source}); re-evaluate "
+                "with the same --pgd-* settings (workflow.pgd)"
+            )
+
+
+def _attack(s: pd.Series) -> str:
+    return ", ".join(f"{k.removeprefix('pgd_')} {s.get(k, float('nan')):.6g}" for k in PGD_METRICS)
 
 
 def add_derived(rows: pd.DataFrame) -> pd.DataFrame:

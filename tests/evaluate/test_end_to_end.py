@@ -8,6 +8,7 @@ evaluation, exactly as ``run_training(..., federation=)`` allows.
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -152,6 +153,10 @@ def _check_run_rows(df: pd.DataFrame, widths: tuple[float, ...], federation: Fed
     assert set(df[df["metric"] == "bytes_up_total"]["client"]) == names | {"mean"}
     for metric in ("best_round", "eval_seconds", "run_seconds"):
         assert len(df[df["metric"] == metric]) == 1
+    pgd = df[df["metric"].str.startswith("pgd_")].set_index("metric")["value"]
+    assert pgd.to_dict() == pytest.approx(  # the paper's attack unless told otherwise
+        {"pgd_eps": 8 / 255, "pgd_steps": 7, "pgd_step_size": (10 / 255) / 7}
+    )
     assert df["lam"].isna().all()  # no dual BN in these runs
 
 
@@ -203,6 +208,44 @@ def test_cli_writes_rows_and_a_summary(trained, capsys, tmp_path):
     df = read_rows(out)
     assert "robust_acc" not in set(df["metric"]) and "acc" in set(df["metric"])
     assert f"to {out}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_cli_attacks_with_the_pgd_it_is_given(trained, tmp_path):
+    run_dir, _ = trained("fedavg")
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    out = tmp_path / "rows.csv"
+    flags = ["--pgd-steps", "2", "--pgd-eps", "4/255", "--out", str(out), "--no-progress"]
+    args = parser.parse_args(["evaluate", "--run", str(run_dir), *flags])
+    assert args.func(args) == 0
+    df = read_rows(out)
+    pgd = df[df["metric"].str.startswith("pgd_")].set_index("metric")["value"]
+    # step by the original's rule: min(1.25 eps, eps + 4/255) / steps = (5/255) / 2
+    assert pgd.to_dict() == pytest.approx(
+        {"pgd_eps": 4 / 255, "pgd_steps": 2, "pgd_step_size": 2.5 / 255}
+    )
+    assert "robust_acc" in set(df["metric"])
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--pgd-steps", "0"], "--pgd-steps 0 must be >= 1"),
+        (["--pgd-eps", "eight"], "--pgd-eps 'eight' is not a number or a fraction like 8/255"),
+        (["--pgd-eps", "8/0"], "--pgd-eps '8/0' is not a number"),
+        (["--pgd-eps", "300/255"], "--pgd-eps '300/255' is outside"),
+        (["--pgd-step-size", "-1"], "--pgd-step-size '-1' is outside"),
+    ],
+)
+def test_cli_rejects_bad_pgd_settings_in_one_line(flags, message):
+    from splitmix.errors import ConfigError
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(["evaluate", "--run", "x", *flags])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        cli.pgd_settings(args)
 
 
 def test_cli_rejects_a_bad_width_list():

@@ -80,12 +80,12 @@ def test_sort_bases_puts_the_base_of_best_validation_accuracy_first():
             c.val_y = base1(c.val_x.float() / 255).argmax(1)
             c.test_y = base1(c.test_x.float() / 255).argmax(1)
     assert maybe_sort_bases(run) == [1, 0]
-    res = _client_results(run, 0.125, None, attack=False, large=1024)
+    res = _client_results(run, 0.125, None, attack=None, large=1024)
     assert all(r.acc == 1.0 for r in res.values())  # width 1/8 is now base 1 alone
 
     plain = _run(fed)  # sort_bases off: no sorting, width 1/8 is base 0
     assert maybe_sort_bases(plain) is None
-    assert all(r.acc < 1.0 for r in _client_results(plain, 0.125, None, False, 1024).values())
+    assert all(r.acc < 1.0 for r in _client_results(plain, 0.125, None, None, 1024).values())
 
 
 def test_local_bn_evaluates_each_client_with_its_own_bn():
@@ -104,5 +104,5 @@ def test_local_bn_evaluates_each_client_with_its_own_bn():
         server = alg.assemble(0.125, None, 0)(c1.test_x.float() / 255).argmax(1)
     assert not torch.equal(own, server)  # the local BN matters for these inputs
     c1.test_y = own
-    got = _client_results(run, 0.125, None, attack=False, large=1024)
+    got = _client_results(run, 0.125, None, attack=None, large=1024)
     assert got["d1-0"].acc == 1.0  # evaluated with client 1's own BN, not the shared model

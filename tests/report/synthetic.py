@@ -59,6 +59,7 @@ class Spec:
     train_lam: float = 0.0
     test_lams: tuple[float, ...] | None = None  # dual BN: rows per test lambda
     robust: bool = False  # robust_acc rows (PGD evaluation)
+    pgd_steps: int = 7  # the evaluation attack's pgd_* rows, written with robust rows
     record: bool = True  # write run.json
 
     @property
@@ -176,6 +177,14 @@ def rows_for(spec: Spec) -> pd.DataFrame:
     rows += _client_rows(spec, "client_seconds_per_round", secs, "s")
     for r in range(ROUNDS):
         rows.append(_row(spec, round=r, metric="round_seconds", value=sum(secs), unit="s"))
+    if spec.robust:
+        step = (10 / 255) / spec.pgd_steps
+        for metric, value, unit in (
+            ("pgd_eps", 8 / 255, "intensity"),
+            ("pgd_steps", spec.pgd_steps, "count"),
+            ("pgd_step_size", step, "intensity"),
+        ):
+            rows.append(_row(spec, metric=metric, value=value, unit=unit))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

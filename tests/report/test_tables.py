@@ -184,3 +184,14 @@ def test_without_run_json_pgd_rows_do_not_hide_runs_from_table1(tmp_path):
     write_runs(tmp_path, specs)
     table = build_table1(load_rows(str(tmp_path / GLOB)))
     assert set(table["column"]) == {"fedavg", "sheterofl", "splitmix"}
+
+
+def test_loader_refuses_robust_accuracies_from_different_attacks(tmp_path):
+    same = [Spec("digits", "splitmix", "splitmix", 1, WIDTHS, robust=True)]
+    same.append(Spec("digits", "fedavg_x1", "fedavg", 1, (1.0,), robust=True))
+    write_runs(tmp_path, same)
+    assert set(load_rows(str(tmp_path / GLOB))["method"]) == {"splitmix", "fedavg_x1"}
+    write_runs(tmp_path, [Spec("digits", "heterofl", "heterofl", 1, WIDTHS, robust=True,
+                               pgd_steps=3)])  # fmt: skip
+    with pytest.raises(DataError, match=r"different PGD attacks \(.*steps 7.*steps 3.*heterofl"):
+        load_rows(str(tmp_path / GLOB))

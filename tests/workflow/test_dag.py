@@ -162,3 +162,6 @@ def test_quick_default_grid_and_attack_only_where_trained_adversarially(tmp_path
     )
     assert attacked == {"splitmix_dbn", "fedavg_x0.125_at"}
     assert "splitmix" in spared and not attacked & spared
+    # one attack for every attacked run: workflow.pgd (3 steps in the quick profile), eps 8/255
+    pgd = set(re.findall(r"--attack (--pgd-steps \d+ --pgd-eps \S+)", proc.stdout))
+    assert pgd == {f"--pgd-steps 3 --pgd-eps {8 / 255!r}"}

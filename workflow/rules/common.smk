@@ -267,10 +267,18 @@ def runtime(wildcards):
 
 
 def attack_flag(wildcards):
-    """PGD at evaluation for the runs workflow.attack selects (it costs (steps + 1) passes)."""
+    """PGD at evaluation for the runs workflow.attack selects (it costs (steps + 1) passes), with
+    the one attack of workflow.pgd for every run."""
     mode = WF["attack"]
     on = mode == "all" or (mode == "adversarial" and run_cfg(wildcards).adv.lam > 0)
-    return "--attack" if on else "--no-attack"
+    if not on:
+        return "--no-attack"
+    pgd = WF.get("pgd", {})
+    steps, eps = int(pgd.get("steps", 7)), float(pgd.get("eps", 8 / 255))
+    flags = f"--attack --pgd-steps {steps} --pgd-eps {eps!r}"
+    if pgd.get("step_size") is not None:
+        flags += f" --pgd-step-size {float(pgd['step_size'])!r}"
+    return flags
 
 
 def gpus(wildcards):
