@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +20,14 @@ def mirror() -> Path:
     if not path.is_dir():
         pytest.skip(f"offline data mirror {path} is absent (set SPLITMIX_DATA_MIRROR to use one)")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (modules opt in with ``pytestmark``): these tests check
+    maths on small models, and 2 OpenMP threads on a shared 2-core machine spin against other
+    processes and run several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

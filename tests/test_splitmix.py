@@ -21,14 +21,7 @@ from splitmix.models import DigitModel, bn_mode
 from splitmix.seeding import rng
 from splitmix.splitmix import CyclicShuffleSampler, SplitMix, count_bases
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: thread hand-offs would dominate the runtime."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_alg(

@@ -26,12 +26,7 @@ from splitmix.models import bn_mode, build_model
 ADV = AdvConfig()  # eps 8/255, 7 steps of (10/255)/7, random start
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(n: int, seed: int = 0, shape=(3, 28, 28)) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,13 +17,7 @@ from splitmix.fl.adversarial import pgd
 from splitmix.models import build_model, set_bn_mode
 from splitmix.models.ensemble import Ensemble
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ensemble(k: int, norm: str, seed: int = 0) -> Ensemble:

@@ -11,13 +11,7 @@ from splitmix.data.clients import Client, Federation
 from splitmix.evaluate.run import LoadedRun, _client_results, maybe_sort_bases
 from splitmix.fl.algorithm import FederationInfo, get_algorithm
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _federation(n_val: int = 20) -> Federation:

@@ -16,13 +16,7 @@ from splitmix.models import DualBatchNorm
 ADV = AdvConfig()  # eps 8/255, 7 steps of (10/255)/7
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models on a shared 2-core machine: thread hand-offs would dominate the runtime."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n: int = 256) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,13 +20,7 @@ from splitmix.models import build_model
 SHAPE = (3, 28, 28)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models on a shared 2-core machine: thread hand-offs would dominate the runtime."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(

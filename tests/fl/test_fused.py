@@ -20,12 +20,7 @@ from splitmix.splitmix import SplitMix
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bases(k: int, norm: str, seed: int = 0) -> list[nn.Module]:

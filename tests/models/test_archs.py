@@ -21,14 +21,7 @@ WIDTHS = (0.125, 0.25, 0.5, 1.0)
 INPUT = {"digit": 28, "alexnet": 64, "preresnet18": 32}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these tests check maths, and 2 OpenMP threads on a shared 2-core
-    machine spin against other processes and run 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _x(arch: str, n: int = 2) -> torch.Tensor:
