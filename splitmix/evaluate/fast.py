@@ -6,10 +6,12 @@ float summation order:
 
 * **channels-last inputs**: oneDNN's convolutions (forward and input-gradient) and max-pooling are
   markedly faster in NHWC; the layout propagates through the network and ``flatten(1)`` restores
-  (C, H, W) order, so every value is that of the NCHW computation. Measured on one core, batch
-  125, forward + input gradient of one 1/8 DigitModel base: 1.5-1.7x (benchmarks/bench_eval.py).
+  (C, H, W) order, so every value is that of the NCHW computation.
 * **fused ensembles**: a Split-Mix model of width r is the logit mean of r/atom independent bases;
   ``FusedBases`` lays them side by side as one grouped network, so one pass replaces r/atom.
+
+Forward + input gradient at batch 125 on one core (benchmarks/bench_eval.py): 1.4x for one 1/8
+DigitModel base (channels-last), 1.6-1.8x for fused ensembles of 2-8 bases.
 
 A model that cannot be fused (a layer type ``FusedBases`` refuses, or bases whose dual-BN mixing
 differs) is evaluated as assembled; fusion is an optimisation, never a requirement.
@@ -68,10 +70,10 @@ def _same_bn_modes(bases: list[nn.Module]) -> bool:
 def inference_model(model: nn.Module) -> nn.Module:
     """An equivalent, faster module for inference and attacks on eval-mode ``model`` (a model in
     training mode is returned as it is). The result holds a copy of the tensors: rebuild it after
-    ``model`` changes.
+    ``model`` changes, and build it once for as many batches as it serves.
     """
-    if model.training:
-        return model
+    if model.training or isinstance(model, ChannelsLast | FusedEnsemble):
+        return model  # already converted: converting again would only copy
     if isinstance(model, Ensemble) and model.num_active > 1:
         bases = list(model.bases)[: model.num_active]
         if _same_bn_modes(bases):

@@ -20,7 +20,9 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ import torch
 from torch import nn
 
 from splitmix.config import AdvConfig, RunConfig, run_config_from_dict
-from splitmix.data.clients import Federation
+from splitmix.data.clients import Client, Federation
 from splitmix.errors import ConfigError, DataError
 from splitmix.evaluate.accuracy import LARGE_BATCH, ClientAccuracy, client_accuracy, eval_batch_size
 from splitmix.evaluate.communication import (
@@ -40,6 +42,7 @@ from splitmix.evaluate.communication import (
     read_log_csv,
 )
 from splitmix.evaluate.cost import model_cost
+from splitmix.evaluate.fast import inference_model
 from splitmix.evaluate.robustness import attack_seed
 from splitmix.evaluate.rows import RunKey, client_rows, to_frame, write_rows
 from splitmix.fl.algorithm import Algorithm
@@ -151,6 +154,17 @@ def default_lams(cfg: RunConfig) -> tuple[float | None, ...]:
     return tuple(cfg.adv.test_lams) if cfg.adv.lam > 0 else (None,)
 
 
+def _client_models(
+    run: LoadedRun, clients: list[Client], build: Callable[[int | None], nn.Module]
+) -> Iterator[tuple[Client, nn.Module]]:
+    """``(client, inference model)`` per client; ``build(client index or None)`` assembles. One
+    model, built and converted (``evaluate.fast``) once, serves every client unless BN is local
+    (module docstring)."""
+    shared = None if run.cfg.bn == "local" else inference_model(build(None))
+    for c in clients:
+        yield c, shared if shared is not None else inference_model(build(c.index))
+
+
 def maybe_sort_bases(run: LoadedRun) -> list[int] | None:
     """Split-Mix ``sort_bases``: order bases by their own mean validation accuracy over clients
     (REFERENCE 1.1 Test), so ensembles take the best bases first. None if the method has no such
@@ -163,8 +177,7 @@ def maybe_sort_bases(run: LoadedRun) -> list[int] | None:
     accs = []
     for i in range(int(alg.num_base)):
         per = []
-        for c in clients:
-            model = alg.assemble_bases([i], lam, c.index)
+        for c, model in _client_models(run, clients, partial(alg.assemble_bases, [i], lam)):
             bs = eval_batch_size(model, cfg.test_batch_size)
             per.append(client_accuracy(model, c.val_x, c.val_y, bs).acc)
         accs.append(sum(per) / len(per) if per else 0.0)
@@ -176,24 +189,13 @@ def _client_results(
 ) -> dict[str, ClientAccuracy]:
     """Test accuracy (and PGD accuracy) of every client with a test set, for one (width, lam)."""
     cfg, alg = run.cfg, run.algorithm
-    per_client = cfg.bn == "local"  # see module docstring
-    shared = None if per_client else _assemble(alg, width, lam, None)
     device = torch.device(cfg.device)
+    clients = [c for c in run.federation.clients if c.test_y.numel()]
     out: dict[str, ClientAccuracy] = {}
-    for c in run.federation.clients:
-        if c.test_y.numel() == 0:
-            continue
-        model = _assemble(alg, width, lam, c.index) if per_client else shared
-        assert model is not None
+    for c, model in _client_models(run, clients, lambda k: _assemble(alg, width, lam, k)):
         torch.manual_seed(attack_seed(cfg.seed, width, lam, c.index))
         bs = eval_batch_size(model, cfg.test_batch_size, large)
-        out[c.name] = client_accuracy(
-            model,
-            c.test_x.to(device),
-            c.test_y.to(device),
-            bs,
-            attack,
-        )
+        out[c.name] = client_accuracy(model, c.test_x.to(device), c.test_y.to(device), bs, attack)
     return out
 
 
@@ -212,6 +214,7 @@ def model_rows(run: LoadedRun, options: EvalOptions) -> list[dict[str, Any]]:
     requested = check_lams(options.lams) if options.lams is not None else default_lams(cfg)
     domains = {c.name: c.domain for c in run.federation.clients}
     rows: list[dict[str, Any]] = []
+    attack = options.pgd if options.attack else None
     from tqdm import tqdm
 
     for width in tqdm(
@@ -224,7 +227,6 @@ def model_rows(run: LoadedRun, options: EvalOptions) -> list[dict[str, Any]]:
         # a model without dual BN is the same at every lambda: evaluate it once, lam empty
         lams = [x if x is not None else 0.0 for x in requested] if is_dual(model) else [None]
         for lam in lams:
-            attack = options.pgd if options.attack else None
             res = _client_results(run, width, lam, attack, options.large_batch)
             common = {"width": width, "lam": lam}
             rows += client_rows(key, "acc", {c: r.acc for c, r in res.items()}, domains, **common)

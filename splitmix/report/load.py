@@ -180,7 +180,7 @@ def check_one_attack(rows: pd.DataFrame) -> None:
 
 
 def _attack(s: pd.Series) -> str:
-    return ", ".join(f"{k.removeprefix('pgd_')} {s.get(k, float('nan')):.6g}" for k in PGD_METRICS)
+    return ", ".join(f"{k.removeprefix('pgd_')} {s[k]:.6g}" for k in PGD_METRICS)
 
 
 def add_derived(rows: pd.DataFrame) -> pd.DataFrame:

@@ -273,10 +273,9 @@ def attack_flag(wildcards):
     on = mode == "all" or (mode == "adversarial" and run_cfg(wildcards).adv.lam > 0)
     if not on:
         return "--no-attack"
-    pgd = WF.get("pgd", {})
-    steps, eps = int(pgd.get("steps", 7)), float(pgd.get("eps", 8 / 255))
-    flags = f"--attack --pgd-steps {steps} --pgd-eps {eps!r}"
-    if pgd.get("step_size") is not None:
+    pgd = WF["pgd"]  # the schema fills in its defaults
+    flags = f"--attack --pgd-steps {pgd['steps']} --pgd-eps {float(pgd['eps'])!r}"
+    if pgd["step_size"] is not None:
         flags += f" --pgd-step-size {float(pgd['step_size'])!r}"
     return flags
 
