@@ -5,6 +5,11 @@ A ``RunConfig`` is built by merging, in order: built-in defaults, the experiment
 Unknown keys are a one-line ``ConfigError`` naming the key and the allowed ones. The config hash
 recorded with every result is computed from the resolved ``RunConfig`` so that a result says exactly
 what produced it.
+
+Values are checked once, on the resolved run, by ``validate_run``: the value rules of the packaged
+JSON schema plus what a schema cannot express (participation <= the number of clients, a device
+this torch can use, the method's own parameters). The CLI and the workflow both call it (through
+``splitmix.experiment.resolve_run``), so a value is refused the same way wherever it was set.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,9 +57,14 @@ class AdvConfig:
     test_lams: tuple[float, ...] = (0.0, 0.2, 0.5, 0.8, 1.0)  # dual-BN mixing at test
 
     def __post_init__(self) -> None:
-        # resolved here so that the config hash and run.json record the step actually used
-        if self.step_size is None:
+        # resolved here so that the config hash and run.json record the step actually used; a
+        # non-numeric eps or steps is left for validate_run to name rather than crash on here
+        if self.step_size is None and _is_number(self.eps) and _is_number(self.steps):
             object.__setattr__(self, "step_size", pgd_step_size(self.eps, self.steps))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -102,8 +114,32 @@ class RunConfig:
 _NESTED = {"split_config": SplitConfig, "adv": AdvConfig}
 
 
+def _numeric_kind(hint: Any) -> type | None:
+    """float or int when the annotation ``hint`` is that number (or that number | None)."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return next((t for t in (float, int) if t in options), None)
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """``value`` in the exact numeric type of its field: ``lr: 1`` becomes 1.0 and ``rounds: 5.0``
+    becomes 5, so that equal settings give equal config hashes. Anything else (a string, 2.5 for
+    an integer) is left as it is for ``validate_run`` to refuse by name."""
+    if typing.get_origin(hint) is tuple and isinstance(value, tuple | list):
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0]) for v in value)
+        return value
+    kind = _numeric_kind(hint)
+    if not _is_number(value) or kind is None:
+        return value
+    if kind is float:
+        return float(value)
+    return int(value) if float(value).is_integer() else value
+
+
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     names = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in names:
@@ -114,7 +150,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
             value = _build(_NESTED[key], value, f"{where}{key}.")
         elif isinstance(value, list):
             value = tuple(value)
-        kwargs[key] = value
+        kwargs[key] = _coerce(value, hints[key])
     try:
         return cls(**kwargs)
     except TypeError as exc:  # missing required keys
@@ -124,3 +160,150 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
 def run_config_from_dict(values: dict[str, Any]) -> RunConfig:
     """Build a RunConfig from a flat dict (nested dicts for split_config/adv), checking keys."""
     return _build(RunConfig, dict(values), "")
+
+
+# ---- validation of a resolved run ---------------------------------------------------------------
+class InvalidValue(ConfigError):
+    """A value of a resolved run breaks a rule; the message is complete (it names its source)."""
+
+
+def _fail(source: str, where: str, message: str) -> InvalidValue:
+    origin = f" in {source}" if source else ""
+    return InvalidValue(f"config error{origin} at {where}: {message}")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with tuples as lists: JSON schema knows arrays only as lists."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _check_schema(cfg: RunConfig, source: str) -> None:
+    """The schema's value rules for every field (``$defs/training``), the seed and data_root."""
+    from splitmix.schemas import explain, first_error, load_schema
+
+    schema = load_schema()
+    values = _plain(cfg.to_dict())
+    training = {k: values[k] for k in schema["$defs"]["training"]["properties"]}
+    checks = [
+        ("", training, {"$ref": "#/$defs/training"}),
+        ("seed", cfg.seed, schema["properties"]["seeds"]["items"]),
+    ]
+    if cfg.data_root is not None:
+        checks.append(("data_root", cfg.data_root, schema["properties"]["data_root"]))
+    for prefix, instance, rule in checks:
+        error = first_error(instance, rule)
+        if error is not None:
+            raise InvalidValue(explain(error, source, prefix))
+
+
+def _check_federation(cfg: RunConfig, source: str) -> None:
+    """Dataset, domains and participation: participation may not exceed the number of clients,
+    clients_per_domain x the domains used (the same for every kind of split)."""
+    from splitmix.data.catalog import DATASETS
+
+    spec = DATASETS.get(cfg.dataset)
+    if spec is None:
+        raise _fail(
+            source,
+            "dataset",
+            f"{cfg.dataset!r} is not a known dataset; allowed: {', '.join(DATASETS)}",
+        )
+    domains = cfg.split_config.domains
+    if domains is not None and not set(domains) <= set(spec.domains):
+        raise _fail(
+            source,
+            "split_config.domains",
+            f"{list(domains)!r} names domains {cfg.dataset} does not have; allowed: a subset of "
+            f"{', '.join(spec.domains)}",
+        )
+    n_domains = len(domains) if domains is not None else len(spec.domains)
+    clients = cfg.split_config.clients_per_domain * n_domains
+    if cfg.participation > clients:
+        raise _fail(
+            source,
+            "participation",
+            f"{cfg.participation} is more than the {clients} clients of {cfg.dataset}/{cfg.split} "
+            f"({cfg.split_config.clients_per_domain} per domain x {n_domains} domain(s)); "
+            f"allowed: -1 (all) or 1 to {clients}",
+        )
+
+
+def _param_rule(default: Any) -> dict[str, Any]:
+    """A parameter's schema from the type of its declared default (the algorithm's contract)."""
+    if isinstance(default, bool):
+        return {"type": "boolean"}
+    if _is_number(default):
+        return {"type": "number"}
+    return {}
+
+
+def _check_method_params(cfg: RunConfig, source: str) -> None:
+    """Keys and types from the algorithm's declared ``params``; ranges from the schema's
+    ``$defs/params/<algorithm>`` where it has an entry."""
+    from splitmix.fl.algorithm import get_algorithm
+    from splitmix.schemas import explain, first_error, load_schema
+
+    declared = get_algorithm(cfg.algorithm).params
+    where = f"methods.{cfg.method}.params"
+    unknown = sorted(set(cfg.method_params) - set(declared))
+    if unknown:
+        raise _fail(
+            source,
+            where,
+            f"unknown parameter(s) {', '.join(unknown)} for {cfg.algorithm}; allowed: "
+            f"{', '.join(sorted(declared)) or 'none'}",
+        )
+    rules = {name: _param_rule(default) for name, default in declared.items()}
+    own = load_schema()["$defs"].get("params", {}).get(cfg.algorithm, {})
+    rules.update(own.get("properties", {}))
+    error = first_error(_plain(cfg.method_params), {"type": "object", "properties": rules})
+    if error is not None:
+        raise InvalidValue(explain(error, source, where))
+
+
+def device_problem(device: str) -> str | None:
+    """Why this process cannot train on ``device``, or None when it can."""
+    if device == "cpu":
+        return None
+    import torch
+
+    kind, _, index = device.partition(":")
+    if kind == "mps":
+        if not torch.backends.mps.is_available():
+            return "this machine or torch build has no MPS backend"
+        return None
+    if not torch.backends.cuda.is_built():
+        return f"this torch ({torch.__version__}) is built without CUDA"
+    count = torch.cuda.device_count()
+    if count == 0:
+        return "no CUDA device is visible here (torch.cuda.is_available() is False)"
+    if index and int(index) >= count:
+        return f"only {count} CUDA device(s) are visible (cuda:0 to cuda:{count - 1})"
+    return None
+
+
+def validate_run(cfg: RunConfig, source: str = "", check_device: bool = True) -> RunConfig:
+    """``cfg`` if every value is allowed, else an ``InvalidValue`` naming the key, the value and
+    what is allowed (one line, prefixed ``config error in SOURCE at KEY``).
+
+    Called before anything is written, so a refused run leaves no directory and no run.json.
+    ``check_device=False`` skips only the question whether this machine can use ``cfg.device``:
+    a workflow is parsed (and dry-run) where its jobs may not run, e.g. a login node without GPU;
+    each job's own ``train`` checks it where it runs.
+    """
+    _check_schema(cfg, source)
+    _check_federation(cfg, source)
+    _check_method_params(cfg, source)
+    problem = device_problem(cfg.device) if check_device else None
+    if problem:
+        raise _fail(
+            source,
+            "device",
+            f"{cfg.device!r} cannot be used: {problem}; allowed: 'cpu' or a device this torch "
+            "can use",
+        )
+    return cfg

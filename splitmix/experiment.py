@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from splitmix.config import RunConfig, run_config_from_dict
+from splitmix.config import RunConfig, run_config_from_dict, validate_run
 from splitmix.errors import ConfigError
 
 # ``workflow``: Snakemake-only settings (report name, data policy, resources); ignored here so one
@@ -156,8 +157,23 @@ def _run_entries(exp: dict[str, Any], dataset: str, split: str, method: str) -> 
     ]
 
 
-def resolve_run(exp: dict[str, Any], dataset: str, split: str, method: str, seed: int) -> RunConfig:
-    """The ``RunConfig`` of one (dataset, split, method, seed) of experiment ``exp``."""
+def resolve_run(
+    exp: dict[str, Any],
+    dataset: str,
+    split: str,
+    method: str,
+    seed: int,
+    *,
+    sets: Sequence[str] = (),
+    source: str = "",
+    check_device: bool = True,
+) -> RunConfig:
+    """The validated ``RunConfig`` of one (dataset, split, method, seed) of experiment ``exp``.
+
+    ``sets`` (``--set key=value`` items) are applied before validation so that an override can
+    repair a value the file gets wrong for this machine (``device=cpu``). ``source`` names the
+    origin of the values in error messages; ``check_device``: see ``splitmix.config.validate_run``.
+    """
     datasets = _mapping(exp.get("datasets"), "datasets")
     methods = _mapping(exp.get("methods"), "methods")
     ds = _pick(datasets, dataset, "dataset", " (the datasets section of the config)")
@@ -187,7 +203,8 @@ def resolve_run(exp: dict[str, Any], dataset: str, split: str, method: str, seed
     )
     if "data_root" in exp:
         merged["data_root"] = str(exp["data_root"])
-    return run_config_from_dict(merged)
+    cfg = _with_sets(run_config_from_dict(merged), sets)
+    return validate_run(cfg, source=source, check_device=check_device)
 
 
 def iter_runs(exp: dict[str, Any]) -> list[tuple[str, str, str, int]]:
@@ -215,8 +232,15 @@ def parse_set(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def apply_sets(cfg: RunConfig, items: list[str]) -> RunConfig:
-    """``cfg`` with ``--set key=value`` overrides applied (nested keys with dots)."""
+def apply_sets(cfg: RunConfig, items: Sequence[str], source: str = "--set") -> RunConfig:
+    """``cfg`` with ``--set key=value`` overrides applied (nested keys with dots), validated."""
+    if not items:
+        return cfg
+    return validate_run(_with_sets(cfg, items), source=source)
+
+
+def _with_sets(cfg: RunConfig, items: Sequence[str]) -> RunConfig:
+    """``cfg`` with the overrides applied, not yet validated (values are checked as a whole)."""
     if not items:
         return cfg
     values = cfg.to_dict()

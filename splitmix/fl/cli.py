@@ -41,12 +41,15 @@ def default_out(dataset: str, split: str, method: str, seed: int) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from splitmix.experiment import apply_sets, load_experiment, resolve_run
+    from splitmix.experiment import load_experiment, resolve_run
     from splitmix.fl.engine import run_training
 
     exp = load_experiment(args.config)
-    cfg = resolve_run(exp, args.dataset, args.split, args.method, args.seed)
-    cfg = apply_sets(cfg, args.sets)
+    # validated as a whole, --set included, before OUT is created: a refused run writes nothing
+    source = str(args.config) + (" with --set " + " ".join(args.sets) if args.sets else "")
+    cfg = resolve_run(
+        exp, args.dataset, args.split, args.method, args.seed, sets=args.sets, source=source
+    )
     out = args.out or default_out(args.dataset, args.split, args.method, args.seed)
     result = run_training(cfg, out, progress=not args.no_progress, restart=args.restart)
     print(

@@ -26,8 +26,10 @@ if str(REPO) not in sys.path:
 
 from splitmix.data.catalog import DATASETS  # noqa: E402
 from splitmix.data.store import MANIFEST, data_root, prepared_dir  # noqa: E402
+from splitmix.config import InvalidValue, device_problem  # noqa: E402
 from splitmix.errors import SplitmixError  # noqa: E402
 from splitmix.experiment import iter_runs, resolve_run  # noqa: E402
+from splitmix.schemas import SCHEMA_PATH, explain  # noqa: E402
 
 
 def _prepend_env(name, value):
@@ -55,53 +57,24 @@ if workflow.config_settings.configfiles:
     config.update(copy.deepcopy(workflow.config_settings.overwrite_config))
 
 
-def _where(error):
-    path = ".".join(str(p) for p in error.absolute_path)
-    return path or "(top level)"
-
-
-def _option(schema):
-    """A subschema of a oneOf as a short phrase: -1, null, integer >= 1, ..."""
-    if "const" in schema:
-        return repr(schema["const"])
-    if "enum" in schema:
-        return " | ".join(map(repr, schema["enum"]))
-    text = schema.get("type", "value")
-    for key, sign in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<=")):
-        if key in schema:
-            text += f" {sign} {schema[key]}"
-    return text
-
-
-def _explain(error):
-    """One line naming the key, what is wrong and what is allowed."""
-    message = error.message
-    if error.validator == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
-        if allowed:
-            message += f"; allowed keys: {', '.join(allowed)}"
-    elif error.validator in ("oneOf", "anyOf"):
-        message += f"; allowed: {' or '.join(_option(s) for s in error.validator_value)}"
-    if error.schema.get("description") and error.validator != "additionalProperties":
-        message += f" ({' '.join(error.schema['description'].split())})"
-    return f"config error in {_config_source()} at {_where(error)}: {message}"
-
-
 def _validate_schema():
+    """The whole file against the schema the library ships (the same one every run is checked
+    against, see splitmix.config.validate_run); also fills in the workflow section's defaults."""
     try:
-        validate(config, "../schemas/config.schema.yaml")
+        validate(config, str(SCHEMA_PATH))
     except WorkflowError as exc:
         # snakemake formats the jsonschema error into a multi-line text; the original is the
         # exception being handled when it raised, and gives the key path and the allowed values
         cause = exc.__context__ or exc.__cause__
         if isinstance(cause, jsonschema.ValidationError):
-            raise WorkflowError(_explain(cause)) from None
+            raise WorkflowError(explain(cause, _config_source())) from None
         raise
 
 
 def _check_names():
-    """Names a run entry refers to must exist, and methods must name a registered algorithm."""
-    from splitmix.fl.algorithm import available_algorithms, get_algorithm
+    """Names a run entry refers to must exist, and methods must name a registered algorithm
+    (their parameters are checked with every resolved run)."""
+    from splitmix.fl.algorithm import available_algorithms
 
     datasets, methods = config["datasets"], config["methods"]
     for i, run in enumerate(config["runs"]):
@@ -135,13 +108,6 @@ def _check_names():
                 f"{where}.algorithm: {m['algorithm']!r} is not registered; allowed: "
                 f"{', '.join(registered)} (a new method is one file in baselines/)"
             )
-        known = get_algorithm(m["algorithm"]).params
-        unknown = sorted(set(m.get("params") or {}) - set(known))
-        if unknown:
-            raise WorkflowError(
-                f"{where}.params: unknown parameter(s) {', '.join(unknown)} for "
-                f"{m['algorithm']}; allowed: {', '.join(sorted(known)) or 'none'}"
-            )
 
 
 def _experiment():
@@ -150,13 +116,29 @@ def _experiment():
 
 
 def _resolve_all(exp):
-    """RunConfig of every (dataset, split, method, seed) the config asks for."""
+    """Validated RunConfig of every (dataset, split, method, seed) the config asks for.
+
+    Whether this machine can use a run's device is only warned about: the parse (and a dry run)
+    may happen where the jobs do not run, e.g. a login node; each train job refuses it where it
+    runs, with the same one-line error, before writing anything.
+    """
     out = {}
     for key in iter_runs(exp):
+        source = f"{_config_source()} (run {'/'.join(map(str, key[:3]))} seed {key[3]})"
         try:
-            out[key] = resolve_run(exp, *key)
+            out[key] = resolve_run(exp, *key, source=source, check_device=False)
+        except InvalidValue as exc:
+            raise WorkflowError(str(exc)) from None
         except SplitmixError as exc:
             raise WorkflowError(f"config error in {_config_source()} for run {key}: {exc}") from None
+    unusable = {c.device: device_problem(c.device) for c in out.values()}
+    for device, problem in unusable.items():
+        if problem:
+            runs = sum(c.device == device for c in out.values())
+            logger.warning(
+                f"{runs} run(s) train on device {device!r}, which cannot be used here: {problem}; "
+                "their train jobs will fail unless they run where it can (e.g. a GPU node)"
+            )
     return out
 
 
