@@ -184,3 +184,18 @@ def test_exponent_floats_in_files(tmp_path):
     exp = load_experiment(path)
     assert resolve_run(exp, "digits", "feature", "splitmix", 1).lr == 0.01
     assert resolve_run(exp, "digits", "feature", "fedavg", 1).lr == 0.5
+
+
+def test_resolved_runs_are_validated(exp):
+    """resolve_run and apply_sets return only valid runs: the value rules hold for every layer."""
+    cfg = resolve_run(exp, "digits", "feature", "splitmix", 1)
+    with pytest.raises(
+        ConfigError,
+        match=r"^config error in --set at rounds: 0 is less than the minimum of 1; "
+        r"allowed: integer >= 1$",
+    ):
+        apply_sets(cfg, ["rounds=0"])
+    # digits has 5 domains: 4 clients per domain make 20, the most a round can sample
+    assert apply_sets(cfg, ["participation=20"]).participation == 20
+    with pytest.raises(ConfigError, match=r"at participation: 21 is more than the 20 clients"):
+        apply_sets(cfg, ["participation=21"])
