@@ -77,8 +77,10 @@ def explain(error: ValidationError, source: str = "", prefix: str = "") -> str:
         message += f"; allowed: {' or '.join(option(s) for s in error.validator_value)}"
     elif error.validator in _LEAF:
         message += f"; allowed: {option(schema)}"
-    elif error.validator == "pattern":  # the description says in words what the regex allows
-        message += f"; allowed: {' '.join(schema.get('description', 'that pattern').split())}"
+    elif error.validator == "pattern" and schema.get("description"):
+        # the description says in words what the regex allows; the regex itself helps nobody
+        allowed = " ".join(schema["description"].split())
+        message = f"{error.instance!r} is not of the allowed form; allowed: {allowed}"
         return _line(message, error, source, prefix)
     if schema.get("description") and error.validator != "additionalProperties":
         message += f" ({' '.join(schema['description'].split())})"
