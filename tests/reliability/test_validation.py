@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from splitmix.cli import main
-from splitmix.config import AdvConfig, RunConfig, SplitConfig, validate_run
+from splitmix.config import AdvConfig, RunConfig, SplitConfig, device_problem, validate_run
 from splitmix.errors import ConfigError
 from splitmix.experiment import RESERVED, iter_runs, load_experiment, resolve_run
 from splitmix.schemas import SCHEMA_PATH, load_schema
@@ -199,6 +199,20 @@ def test_participation_bound_follows_the_domains_used():
             exp, "digits-mini", "tiny", "splitmix", 1,
             sets=["split_config.domains=[usps]", "participation=3"],
         )  # fmt: skip
+
+
+def test_device_problem_names_what_is_missing(monkeypatch):
+    """The GPU branches, whatever this machine has: a CUDA build seeing 0 or 2 devices."""
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert device_problem("cuda") == (
+        "no CUDA device is visible here (torch.cuda.is_available() is False)"
+    )
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert device_problem("cuda") is None and device_problem("cuda:1") is None
+    assert device_problem("cuda:2") == "only 2 CUDA device(s) are visible (cuda:0 to cuda:1)"
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: False)
+    assert device_problem("cuda").startswith("this torch (") and device_problem("cpu") is None
 
 
 def test_validate_run_passes_a_good_run_through():
