@@ -24,9 +24,9 @@ REPO = Path(workflow.basedir).resolve()
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from splitmix.config import InvalidValue, device_problem  # noqa: E402
 from splitmix.data.catalog import DATASETS  # noqa: E402
 from splitmix.data.store import MANIFEST, data_root, prepared_dir  # noqa: E402
-from splitmix.config import InvalidValue, device_problem  # noqa: E402
 from splitmix.errors import SplitmixError  # noqa: E402
 from splitmix.experiment import iter_runs, resolve_run  # noqa: E402
 from splitmix.schemas import SCHEMA_PATH, explain  # noqa: E402
