@@ -177,8 +177,8 @@ def _untrusted(path: Path, entry: RawFile, what: str) -> DataError:
     """Nothing vouches for this file: say so, and how to vouch (check, then opt in or list it)."""
     return DataError(
         " ".join(
-            f"{path}: {what}; {entry.relpath} has no published checksum and no sha256 is pinned "
-            f"for it yet, so it cannot be verified: check that it came from {entry.source}, then "
+            f"{path}: {what}; {entry.relpath} has no published checksum and none is pinned yet, "
+            f"so it cannot be verified: check that it came from {entry.source}, then "
             f"rerun with {TRUST_ENV}=1 to accept it and pin its sha256 (recorded in the prepared "
             f"manifest), or add its line to the mirror's {SUMS}".split()
         )
@@ -339,7 +339,7 @@ def fetch(
             return dest
         if why is None:  # a mirror's SHA256SUMS may still vouch for it below
             unvouched_sha = sha
-            problem = f"no checksum to verify this copy against (its sha256 is {sha})"
+            problem = f"nothing vouches for this copy (its sha256 is {sha})"
         else:
             problem = why  # keep the bad copy until a verified one replaces it atomically
 
