@@ -29,7 +29,6 @@ from splitmix.errors import DataError
 from splitmix.fl.checkpoint import load_checkpoint, plain
 
 REPO = Path(__file__).resolve().parents[2]
-TESTS = REPO / "tests"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
