@@ -402,6 +402,12 @@ def _from_mirror(entry: RawFile, mirror_dir: Path, raw: Path, pinned: str | None
         sha = _copy_from_mirror(entry, src, dest, None)
         _accept_first_use(raw, entry, sha, f"mirror copy {src} (no {SUMS} line)")
         return dest
+    if pinned and mirror_sha and mirror_sha != pinned:  # a mirror may not override a pin
+        raise _error(
+            src,
+            entry,
+            f"the mirror's {SUMS} lists sha256 {mirror_sha} but {raw / SUMS} pins {pinned}",
+        )
     sha = _copy_from_mirror(entry, src, dest, mirror_sha or pinned)
     record_sha256(raw, entry.relpath, sha)
     if entry.known_hash is None and pinned is None:  # only the mirror's list vouched for it

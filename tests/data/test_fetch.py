@@ -378,3 +378,17 @@ def test_registry_pins_the_public_archives() -> None:
     ]
     for rel, f in registry.REGISTRY.items():
         assert f.sha256 is None or len(f.sha256) == 64, rel
+
+
+def test_mirror_sums_cannot_override_a_pin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = tmp_path / "raw"
+    (raw / "tiny").mkdir(parents=True)
+    (raw / "tiny/file.bin").write_bytes(GOOD)
+    monkeypatch.setenv(TRUST_ENV, "1")
+    fetch(entry(method=MANUAL), raw)  # pinned to GOOD on first use
+    monkeypatch.delenv(TRUST_ENV)
+    (raw / "tiny/file.bin").unlink()
+    mirror = make_mirror(tmp_path / "mirror", OTHER, OTHER)  # self-consistent, but not the pin
+    with pytest.raises(DataError, match=f"lists sha256 {sha(OTHER)} but .* pins {sha(GOOD)}"):
+        fetch(entry(method=MANUAL), raw, mirror=mirror)
+    assert leftovers(raw) == [] and recorded_sha256(raw, "tiny/file.bin") == sha(GOOD)
