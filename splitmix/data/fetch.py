@@ -8,8 +8,16 @@ looks fetched.
 
 The raw dir keeps its own ``SHA256SUMS`` (sha256sum format, mirror layout) of every file it has
 verified. That makes a raw dir usable as a mirror elsewhere, gives the prepared-cache manifests
-their source checksums for free, and pins files that have no published checksum: the first
-verified copy's sha256 is recorded and any later copy must match it (trust on first use).
+their source checksums for free, and pins files that have no published checksum.
+
+A file is accepted only when something vouches for its bytes: the registry's sha256 or md5, a
+sha256 already pinned in the raw dir, or the mirror's ``SHA256SUMS`` line. A file with none of
+these (FedBN's Google-Drive zips have no published checksum) is refused with one line, unless the
+user opts in with ``SPLITMIX_TRUST_FIRST_USE=1``: then the copy's sha256 is pinned (every later copy
+must match it) and the decision is written to ``TRUSTED.json`` in the raw dir, from which the
+prepared manifest records how each source file was verified (:func:`verified_by`). A downloaded
+dataset is parsed afterwards, and a pickle in it is parsed by code (``sources.safe_pickle``) that
+runs nothing from it; the checksum is what keeps a swapped archive from being trained on.
 """
 
 from __future__ import annotations
@@ -17,12 +25,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from splitmix.atomic import atomic_write_text
@@ -34,7 +44,9 @@ log = logging.getLogger("splitmix.data")
 MIRROR_ENV = "SPLITMIX_DATA_MIRROR"
 DOWNLOAD_BASE_ENV = "SPLITMIX_DOWNLOAD_BASE"  # HTTP(S) server laid out like the mirror
 OFFLINE_ENV = "SPLITMIX_OFFLINE"  # "1": never touch the network (compute nodes, tests)
+TRUST_ENV = "SPLITMIX_TRUST_FIRST_USE"  # "1": accept and pin a file nothing else vouches for
 SUMS = "SHA256SUMS"
+TRUSTED = "TRUSTED.json"  # raw dir: how each file without a registry checksum was accepted
 _CHUNK = 1 << 20
 
 
@@ -87,6 +99,51 @@ def recorded_sha256(raw_dir: Path, relpath: str) -> str | None:
     return read_sums(Path(raw_dir) / SUMS).get(relpath)
 
 
+def trust_first_use() -> bool:
+    """Whether the user opted in (``SPLITMIX_TRUST_FIRST_USE=1``) to pin unverifiable files."""
+    return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def read_trusted(raw_dir: Path) -> dict[str, dict[str, str]]:
+    """The raw dir's ``TRUSTED.json`` ({} if absent or unreadable: it is a record, not a key)."""
+    path = Path(raw_dir) / TRUSTED
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _record_trust(raw_dir: Path, relpath: str, sha256: str, basis: str, origin: str) -> None:
+    """Pin ``sha256`` and write down why it was accepted (shown in the prepared manifest)."""
+    record_sha256(raw_dir, relpath, sha256)
+    with _locked(raw_dir):
+        trusted = read_trusted(raw_dir)
+        trusted[relpath] = {
+            "sha256": sha256,
+            "basis": basis,
+            "origin": origin,
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        atomic_write_text(raw_dir / TRUSTED, json.dumps(trusted, indent=1, sort_keys=True) + "\n")
+
+
+def verified_by(raw_dir: Path, relpath: str) -> str:
+    """What vouched for the raw file's bytes, in words, for the prepared manifest."""
+    entry = get_file(relpath)
+    if entry.sha256:
+        return "registry sha256"
+    if entry.md5:
+        return "registry md5 (the publisher's)"
+    sha = recorded_sha256(raw_dir, relpath)
+    record = read_trusted(raw_dir).get(relpath)
+    if record and record.get("sha256") == sha:
+        return f"{record['basis']}: {record['origin']} ({record['when']})"
+    if sha:
+        return f"sha256 pinned in {SUMS} by an earlier version (no record of how it was accepted)"
+    return "unverified"
+
+
 def _mismatch(entry: RawFile, sha: str, md5: str, pinned: str | None) -> str | None:
     """Why (sha, md5) is not ``entry`` (None when it is); ``pinned`` is an extra sha256 to match."""
     if entry.sha256 and sha != entry.sha256:
@@ -114,6 +171,18 @@ def how_to_get(entry: RawFile) -> str:
 
 def _error(dest: Path, entry: RawFile, what: str) -> DataError:
     return DataError(" ".join(f"{dest}: {what}; {how_to_get(entry)}".split()))
+
+
+def _untrusted(path: Path, entry: RawFile, what: str) -> DataError:
+    """Nothing vouches for this file: say so, and how to vouch (check, then opt in or list it)."""
+    return DataError(
+        " ".join(
+            f"{path}: {what}; {entry.relpath} has no published checksum and none is pinned yet, "
+            f"so it cannot be verified: check that it came from {entry.source}, then "
+            f"rerun with {TRUST_ENV}=1 to accept it and pin its sha256 (recorded in the prepared "
+            f"manifest), or add its line to the mirror's {SUMS}".split()
+        )
+    )
 
 
 # -------------------------------------------------------------------------------------- mirror
@@ -258,23 +327,30 @@ def fetch(
     raw = Path(raw_dir)
     dest = raw / entry.relpath
     pinned = None if entry.sha256 else recorded_sha256(raw, entry.relpath)
+    vouched = entry.known_hash is not None or pinned is not None
     problem = f"missing ({entry.expected})"
+    unvouched_sha = None  # sha256 of a raw-dir copy that nothing vouches for
 
     if dest.is_file():
         sha, md5 = file_hashes(dest)
         why = _mismatch(entry, sha, md5, pinned)
-        if why is None:
-            if entry.known_hash is None and pinned is None:
-                log.warning("%s has no published checksum; trusting it (sha256 %s)", dest, sha)
+        if why is None and vouched:
             record_sha256(raw, entry.relpath, sha)
             return dest
-        problem = why  # keep the bad copy until a verified one replaces it atomically
+        if why is None:  # a mirror's SHA256SUMS may still vouch for it below
+            unvouched_sha = sha
+            problem = f"nothing vouches for this copy (its sha256 is {sha})"
+        else:
+            problem = why  # keep the bad copy until a verified one replaces it atomically
 
     mirror_dir = resolve_mirror(mirror)
     if mirror_dir is not None and (mirror_dir / entry.relpath).is_file():
-        mirror_sha = read_sums(mirror_dir / SUMS).get(entry.relpath)
-        sha = _copy_from_mirror(entry, mirror_dir / entry.relpath, dest, mirror_sha or pinned)
-        record_sha256(raw, entry.relpath, sha)
+        return _from_mirror(entry, mirror_dir, raw, pinned)
+
+    if unvouched_sha is not None:
+        if not trust_first_use():
+            raise _untrusted(dest, entry, problem)
+        _accept_first_use(raw, entry, unvouched_sha, "a copy placed in the raw dir")
         return dest
 
     urls = _download_urls(entry, url)
@@ -282,27 +358,72 @@ def fetch(
     if _offline(offline) or not (urls or use_gdown):
         reason = "offline, not downloading" if (urls or use_gdown) else "no download URL"
         raise _error(dest, entry, f"{problem}; {reason}")
+    if not vouched and not trust_first_use():  # refuse before spending a download on it
+        raise _untrusted(dest, entry, f"{problem}; not downloading an unverifiable file")
 
-    known = entry.known_hash or (f"sha256:{pinned}" if pinned else None)
+    source = entry.source if use_gdown else "download"
     if use_gdown:
         _gdown_download(entry, dest, pinned)
     else:
-        last: DataError | None = None
-        for candidate in urls:  # official mirrors of the same bytes, first one that works wins
-            try:
-                _pooch_download(candidate, entry, dest, known, progressbar)
-                last = None
-                break
-            except DataError as exc:
-                last = exc
-        if last is not None:
-            raise last
+        source = _download_first(urls, entry, dest, pinned, progressbar)
     os.chmod(dest, 0o644)  # downloaders write through 0600 temp files
-    sha, md5 = file_hashes(dest)
-    if entry.known_hash is None and pinned is None:
-        log.warning("%s has no published checksum; trusting this download (sha256 %s)", dest, sha)
-    record_sha256(raw, entry.relpath, sha)
+    sha, _ = file_hashes(dest)
+    if vouched:
+        record_sha256(raw, entry.relpath, sha)
+    else:
+        _accept_first_use(raw, entry, sha, f"downloaded from {source}")
     return dest
+
+
+def _download_first(
+    urls: tuple[str, ...], entry: RawFile, dest: Path, pinned: str | None, bar: bool
+) -> str:
+    """Try the official URLs in order (mirrors of the same bytes); return the one that worked."""
+    known = entry.known_hash or (f"sha256:{pinned}" if pinned else None)
+    last: DataError | None = None
+    for candidate in urls:
+        try:
+            _pooch_download(candidate, entry, dest, known, bar)
+            return candidate
+        except DataError as exc:
+            last = exc
+    assert last is not None  # urls is never empty here
+    raise last
+
+
+def _from_mirror(entry: RawFile, mirror_dir: Path, raw: Path, pinned: str | None) -> Path:
+    """Copy the mirror's file in, verified by the registry, a pin, or the mirror's SHA256SUMS;
+    a file none of them vouches for needs the user's opt-in."""
+    src, dest = mirror_dir / entry.relpath, raw / entry.relpath
+    mirror_sha = read_sums(mirror_dir / SUMS).get(entry.relpath)
+    if entry.known_hash is None and pinned is None and mirror_sha is None:
+        if not trust_first_use():
+            raise _untrusted(src, entry, f"mirror copy without a line in {mirror_dir / SUMS}")
+        sha = _copy_from_mirror(entry, src, dest, None)
+        _accept_first_use(raw, entry, sha, f"mirror copy {src} (no {SUMS} line)")
+        return dest
+    if pinned and mirror_sha and mirror_sha != pinned:  # a mirror may not override a pin
+        raise _error(
+            src,
+            entry,
+            f"the mirror's {SUMS} lists sha256 {mirror_sha} but {raw / SUMS} pins {pinned}",
+        )
+    sha = _copy_from_mirror(entry, src, dest, mirror_sha or pinned)
+    record_sha256(raw, entry.relpath, sha)
+    if entry.known_hash is None and pinned is None:  # only the mirror's list vouched for it
+        _record_trust(raw, entry.relpath, sha, f"listed in the mirror's {SUMS}", str(src))
+    return dest
+
+
+def _accept_first_use(raw: Path, entry: RawFile, sha: str, origin: str) -> None:
+    """The user opted in: pin this copy's sha256 and record the decision."""
+    log.warning(
+        "%s has no published checksum; accepted on first use (%s=1) and pinned to sha256 %s",
+        raw / entry.relpath,
+        TRUST_ENV,
+        sha,
+    )
+    _record_trust(raw, entry.relpath, sha, f"first use, accepted with {TRUST_ENV}=1", origin)
 
 
 def available(entry: RawFile, raw_dir: Path, mirror: Path | None) -> str | None:

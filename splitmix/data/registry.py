@@ -3,9 +3,11 @@
 Paths are relative to a raw directory laid out like the offline mirror (``mnist/...``,
 ``usps/...``), so a raw directory, the mirror and an HTTP mirror (``SPLITMIX_DOWNLOAD_BASE``) are
 interchangeable. Checksums are never invented: a sha256 is recorded where the bytes are known (the
-mirror's ``SHA256SUMS``; the official MNIST files are byte-identical to the mirror's), else the
-md5 the publisher or torchvision states, else nothing, in which case the first verified copy's
-sha256 is recorded locally and enforced from then on (trust on first use, see ``fetch``).
+mirror's ``SHA256SUMS``; the official MNIST files are byte-identical to the mirror's; CIFAR-10's
+and DomainNet's archives as widely pinned by Keras and TensorFlow Datasets), else the md5 the
+publisher or torchvision states, else nothing. FedBN's Google-Drive zips have no published
+checksum anywhere; ``fetch`` refuses them until the user opts in (``SPLITMIX_TRUST_FIRST_USE=1``),
+then pins the first copy's sha256 locally and enforces it from then on.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class RawFile:
             return f"expected sha256 {self.sha256}"
         if self.md5:
             return f"expected md5 {self.md5}"
-        return "no published checksum: the first verified copy is trusted"
+        return "no published checksum: accepted only with SPLITMIX_TRUST_FIRST_USE=1, then pinned"
 
     @property
     def source(self) -> str:
@@ -81,6 +83,17 @@ DOMAINNET_ZIP_PATHS = {  # clipart and painting live under groundtruth/ on the o
     "quickdraw": "quickdraw.zip",
     "real": "real.zip",
     "sketch": "sketch.zip",
+}
+
+
+# The publisher states no checksum; TensorFlow Datasets pins these for the same URLs.
+DOMAINNET_ZIP_SHA256 = {
+    "clipart": "f8f248a3e8bbc9868c523ae24e6601b4c2ad102afc60c0efeb4f3255df22354d",
+    "infograph": "891e14f476317e97b6f06d6498c11d0a5b8d0c8b57210765ed9beb072da611fa",
+    "painting": "fa47e6d405503ea0286cabd767f176bd30e988b63ddd7b9db16cf030c9770015",
+    "quickdraw": "9f37df2a8c3733703dbb35ad9964202a65f675ca30137756457537536b485d84",
+    "real": "d7fe010b430c5b510f85d657d38c4a1924822695fabea4fef57bd00dba251d63",
+    "sketch": "23a7dbae7016b343e934399beaa8a68728fb5e570ebe2c71df9b75cf91c499fc",
 }
 
 
@@ -190,8 +203,12 @@ _FILES: list[RawFile] = [
         "cifar10",
         HTTPS,
         ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
+        sha256="6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
         md5="c58f30108f718f92721af3b95e74349a",
-        note="official CIFAR-10 python pickles",
+        note=(
+            "official CIFAR-10 python pickles (170,498,071 B; md5 as published, sha256 as pinned "
+            "by keras.datasets.cifar10)"
+        ),
     ),
     RawFile(
         "cifar10/cifar-10-images.tar.gz",
@@ -209,7 +226,10 @@ _FILES: list[RawFile] = [
         GDOWN,
         _gdrive(FEDBN_DIGITS_GDRIVE_ID),
         gdrive_id=FEDBN_DIGITS_GDRIVE_ID,
-        note="FedBN's preprocessed Digits (the paper's exact data); no published checksum",
+        note=(
+            "FedBN's preprocessed Digits (the paper's exact data); no published checksum: "
+            "pinned on first use with SPLITMIX_TRUST_FIRST_USE=1"
+        ),
     ),
     RawFile(
         "fedbn/data.zip",
@@ -217,7 +237,10 @@ _FILES: list[RawFile] = [
         GDOWN,
         _gdrive(FEDBN_RAW_DIGITS_GDRIVE_ID),
         gdrive_id=FEDBN_RAW_DIGITS_GDRIVE_ID,
-        note="FedBN's raw Digit-5 inputs (holds the SynthDigits .mat files); no published checksum",
+        note=(
+            "FedBN's raw Digit-5 inputs (holds the SynthDigits .mat files); no published "
+            "checksum: pinned on first use with SPLITMIX_TRUST_FIRST_USE=1"
+        ),
     ),
     RawFile(
         "domainnet/domainnet_dataset.zip",
@@ -225,7 +248,10 @@ _FILES: list[RawFile] = [
         GDOWN,
         _gdrive(FEDBN_DOMAINNET_SPLIT_GDRIVE_ID),
         gdrive_id=FEDBN_DOMAINNET_SPLIT_GDRIVE_ID,
-        note="FedBN's DomainNet 10-class train/test path lists; no published checksum",
+        note=(
+            "FedBN's DomainNet 10-class train/test path lists; no published checksum: pinned "
+            "on first use with SPLITMIX_TRUST_FIRST_USE=1"
+        ),
     ),
     *[
         RawFile(
@@ -233,7 +259,11 @@ _FILES: list[RawFile] = [
             "domainnet",
             HTTPS,
             (_DOMAINNET_BASE + path,),
-            note="official DomainNet domain archive; no published checksum",
+            sha256=DOMAINNET_ZIP_SHA256[site],
+            note=(
+                "official DomainNet domain archive (the cleaned release); sha256 as pinned by "
+                "TensorFlow Datasets (image_classification/domainnet/checksums.tsv)"
+            ),
         )
         for site, path in DOMAINNET_ZIP_PATHS.items()
     ],

@@ -32,6 +32,7 @@ from splitmix.data.fetch import (
     fetch,
     recorded_sha256,
     resolve_mirror,
+    verified_by,
 )
 from splitmix.data.imageset import ImageSet
 from splitmix.data.recipes import Built, Recipe, check_source, default_size, recipes
@@ -113,7 +114,8 @@ def _write_prepared(
         "note": recipe.note,
         "fallback": fallback,  # why more preferred sources were not used (empty = none tried)
         "source_files": [
-            {"path": rel, "sha256": recorded_sha256(raw, rel)} for rel in recipe.files
+            {"path": rel, "sha256": recorded_sha256(raw, rel), "verified_by": verified_by(raw, rel)}
+            for rel in recipe.files
         ],
         "steps": built.steps,
         "splits": {

@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 
 from splitmix.data import registry
-from splitmix.data.fetch import SUMS, fetch, read_sums, recorded_sha256
+from splitmix.data.fetch import (
+    SUMS,
+    TRUST_ENV,
+    TRUSTED,
+    fetch,
+    read_sums,
+    read_trusted,
+    recorded_sha256,
+    verified_by,
+)
 from splitmix.data.registry import HTTPS, MANUAL, RawFile
 from splitmix.errors import DataError
 
@@ -25,7 +34,7 @@ def sha(data: bytes) -> str:
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("SPLITMIX_DATA_MIRROR", "SPLITMIX_DOWNLOAD_BASE", "SPLITMIX_DATA"):
+    for var in ("SPLITMIX_DATA_MIRROR", "SPLITMIX_DOWNLOAD_BASE", "SPLITMIX_DATA", TRUST_ENV):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("SPLITMIX_OFFLINE", "1")  # a test that forgets offline=False cannot leak
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
@@ -130,8 +139,11 @@ def test_wrong_checksum_leaves_nothing(server: Server, tmp_path: Path) -> None:
     assert not (raw / SUMS).exists()
 
 
-def test_truncated_transfer_leaves_nothing(server: Server, tmp_path: Path) -> None:
+def test_truncated_transfer_leaves_nothing(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     raw = tmp_path / "raw"
+    monkeypatch.setenv(TRUST_ENV, "1")
     # no known hash: only the short body itself can reveal the truncation
     with pytest.raises(
         DataError, match="download from .*/truncated/x failed \\(transfer cut short"
@@ -159,11 +171,30 @@ def test_download_base_env_serves_mirror_layout(
     assert server.requests == ["/tiny/file.bin"]
 
 
-def test_trust_on_first_use_pins_the_first_copy(server: Server, tmp_path: Path) -> None:
+def test_unverifiable_download_needs_opt_in(server: Server, tmp_path: Path) -> None:
     server.files["/good"] = GOOD
     raw = tmp_path / "raw"
+    with pytest.raises(DataError) as err:
+        fetch(entry(), raw, url=server.url("/good"), offline=False, progressbar=False)
+    msg = str(err.value)
+    assert msg.startswith(f"{raw / 'tiny/file.bin'}: missing")
+    assert f"rerun with {TRUST_ENV}=1 to accept it and pin its sha256" in msg and "\n" not in msg
+    assert server.requests == []  # refused before a byte was downloaded
+    assert leftovers(raw) == [] and not (raw / SUMS).exists()
+
+
+def test_trust_on_first_use_pins_the_first_copy(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.files["/good"] = GOOD
+    raw = tmp_path / "raw"
+    monkeypatch.setenv(TRUST_ENV, "1")
     dest = fetch(entry(), raw, url=server.url("/good"), offline=False, progressbar=False)
     assert recorded_sha256(raw, "tiny/file.bin") == sha(GOOD)
+    record = read_trusted(raw)["tiny/file.bin"]
+    assert record["sha256"] == sha(GOOD)
+    assert record["origin"] == f"downloaded from {server.base}/good"
+    monkeypatch.delenv(TRUST_ENV)  # pinned now: later copies are verified without the opt-in
     dest.write_bytes(OTHER)  # local copy corrupted: it is replaced by a verified download
     fetch(entry(), raw, url=server.url("/good"), offline=False, progressbar=False)
     assert dest.read_bytes() == GOOD
@@ -261,6 +292,8 @@ def test_registry_hashes_match_the_mirror_sums(mirror: Path) -> None:
 def test_gdown_path_verifies_and_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import gdown
 
+    monkeypatch.setenv(TRUST_ENV, "1")  # Drive files have no published checksum
+
     served = {"body": GOOD}
     calls: list[str] = []
 
@@ -280,3 +313,82 @@ def test_gdown_path_verifies_and_cleans_up(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(DataError, match=f"expected {sha(GOOD)}, got {sha(OTHER)}"):
         fetch(drive, raw, offline=False)
     assert leftovers(raw) == []
+
+
+# ------------------------------------------------------------------- files nothing vouches for
+def test_mirror_file_without_sums_line_is_refused_unless_opted_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mirror = make_mirror(tmp_path / "mirror", GOOD, GOOD)
+    (mirror / SUMS).write_text("")  # the file is there, its SHA256SUMS line is not
+    raw = tmp_path / "raw"
+    with pytest.raises(DataError) as err:
+        fetch(entry(method=MANUAL), raw, mirror=mirror)
+    msg = str(err.value)
+    assert msg.startswith(f"{mirror / 'tiny/file.bin'}: mirror copy without a line in")
+    assert TRUST_ENV in msg and "\n" not in msg
+    assert leftovers(raw) == [] and not (raw / TRUSTED).exists()
+    monkeypatch.setenv(TRUST_ENV, "1")
+    assert fetch(entry(method=MANUAL), raw, mirror=mirror).read_bytes() == GOOD
+    record = read_trusted(raw)["tiny/file.bin"]
+    assert record["sha256"] == sha(GOOD) == recorded_sha256(raw, "tiny/file.bin")
+    assert record["origin"] == f"mirror copy {mirror / 'tiny/file.bin'} (no {SUMS} line)"
+
+
+def test_raw_copy_nothing_vouches_for_names_its_sha(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = tmp_path / "raw"
+    (raw / "tiny").mkdir(parents=True)
+    (raw / "tiny/file.bin").write_bytes(OTHER)
+    with pytest.raises(DataError, match=f"its sha256 is {sha(OTHER)}.*{TRUST_ENV}=1"):
+        fetch(entry(method=MANUAL), raw)
+    assert not (raw / SUMS).exists()  # nothing pinned without the opt-in
+    monkeypatch.setenv(TRUST_ENV, "1")
+    fetch(entry(method=MANUAL), raw)
+    assert recorded_sha256(raw, "tiny/file.bin") == sha(OTHER)
+
+
+def test_verified_by_names_what_vouched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = tmp_path / "raw"
+    assert verified_by(raw, "mnist/t10k-labels-idx1-ubyte.gz") == "registry sha256"
+    assert verified_by(raw, "svhn/test_32x32.mat") == "registry md5 (the publisher's)"
+    rel = "fedbn/digit_dataset.zip"
+    assert verified_by(raw, rel) == "unverified"
+    mirror = tmp_path / "mirror"
+    (mirror / "fedbn").mkdir(parents=True)
+    (mirror / rel).write_bytes(GOOD)
+    (mirror / SUMS).write_text(f"{sha(GOOD)}  {rel}\n")
+    fetch(rel, raw, mirror=mirror)  # the mirror's list vouches: no opt-in needed
+    assert verified_by(raw, rel).startswith(f"listed in the mirror's {SUMS}: {mirror / rel} (")
+    (raw / TRUSTED).unlink()  # a pin of an older version, with no record of how
+    assert verified_by(raw, rel).startswith(f"sha256 pinned in {SUMS} by an earlier version")
+
+
+def test_registry_pins_the_public_archives() -> None:
+    """CIFAR-10's and DomainNet's archives have a sha256 that is public (Keras, TFDS); only
+    FedBN's Google-Drive zips and the SynthDigits files are left to first-use pinning."""
+    unpinned = sorted(rel for rel, f in registry.REGISTRY.items() if f.known_hash is None)
+    assert unpinned == [
+        "domainnet/domainnet_dataset.zip",
+        "fedbn/data.zip",
+        "fedbn/digit_dataset.zip",
+        "synth/synth_test_32x32.mat",
+        "synth/synth_train_32x32.mat",
+    ]
+    for rel, f in registry.REGISTRY.items():
+        assert f.sha256 is None or len(f.sha256) == 64, rel
+
+
+def test_mirror_sums_cannot_override_a_pin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = tmp_path / "raw"
+    (raw / "tiny").mkdir(parents=True)
+    (raw / "tiny/file.bin").write_bytes(GOOD)
+    monkeypatch.setenv(TRUST_ENV, "1")
+    fetch(entry(method=MANUAL), raw)  # pinned to GOOD on first use
+    monkeypatch.delenv(TRUST_ENV)
+    (raw / "tiny/file.bin").unlink()
+    mirror = make_mirror(tmp_path / "mirror", OTHER, OTHER)  # self-consistent, but not the pin
+    with pytest.raises(DataError, match=f"lists sha256 {sha(OTHER)} but .* pins {sha(GOOD)}"):
+        fetch(entry(method=MANUAL), raw, mirror=mirror)
+    assert leftovers(raw) == [] and recorded_sha256(raw, "tiny/file.bin") == sha(GOOD)

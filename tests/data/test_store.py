@@ -41,7 +41,9 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def trust(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
-    """Drop the registry checksums of ``relpaths`` so tiny fixture files stand in for them."""
+    """Drop the registry checksums of ``relpaths`` so tiny fixture files stand in for them, and
+    opt in to accepting (and pinning) such unverifiable files, as a user must."""
+    monkeypatch.setenv("SPLITMIX_TRUST_FIRST_USE", "1")
 
     def drop(*relpaths: str) -> None:
         for rel in relpaths:
@@ -92,6 +94,7 @@ def test_mnist_fedbn_recipe_on_real_files(mirror: Path, tmp_path: Path) -> None:
     assert m["source"] == "raw" and m["splits"]["train"]["class_counts"] == tr.tolist()
     for f in m["source_files"]:
         assert f["sha256"] == registry.get_file(f["path"]).sha256
+        assert f["verified_by"] == "registry sha256"
     # FedBN's split(): 10 parts of int(743.8 k) bounds, 7438 images in all
     assert sum(m["train_parts"]) == 7438 and m["train_parts"][:2] == [743, 744]
     assert status("digits", "mnist", root=tmp_path, mirror=mirror) == "prepared"
@@ -178,6 +181,10 @@ def test_fedbn_shards_source(tmp_path: Path, trust: Callable[..., None]) -> None
     for domain, folder in (("svhn", "SVHN"), ("usps", "USPS")):
         m = manifest(tmp_path, "digits", domain, 28)
         assert m["source"] == "fedbn" and m["train_parts"] == [3] * 10
+        [src] = m["source_files"]  # the opt-in that let the unverifiable zip in is on record
+        assert src["verified_by"].startswith(
+            "first use, accepted with SPLITMIX_TRUST_FIRST_USE=1: a copy placed in the raw dir ("
+        )
         for split in ("train", "test"):
             got = load_domain("digits", domain, split, root=tmp_path)
             np.testing.assert_array_equal(got.images, pil_resize(sets[folder][split], 28))

@@ -3,8 +3,9 @@
 Members ``cifar-10-batches-py/data_batch_1..5`` and ``test_batch`` are pickled dicts with
 ``b'data'`` (N, 3072) uint8, each row a 32x32 image stored channel-major (1024 R, 1024 G, 1024 B,
 each row-major), and ``b'labels'`` (N ints). Train concatenates the five batches in order, which is
-torchvision's order too. The pickles are unpickled as the release intends (like torchvision does);
-integrity is the acquisition layer's job (md5 ``c58f30108f718f92721af3b95e74349a``).
+torchvision's order too. Integrity is the acquisition layer's job (the archive's sha256 is
+pinned); the batches are still unpickled through ``safe_pickle``, which rebuilds only arrays and
+plain data, so an unverified extracted folder cannot run code either.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from splitmix.data.sources._common import (
     labels_from,
     read_tar_members,
 )
+from splitmix.data.sources.safe_pickle import RefusedGlobal, safe_loads
 
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_BATCHES = {
@@ -48,9 +50,12 @@ def _batches_from_tar(path: Path, names: tuple[str, ...]) -> dict[str, bytes]:
 
 def _decode_batch(blob: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     try:
-        batch = pickle.loads(blob, encoding="bytes")
+        batch = safe_loads(blob, encoding="bytes")
         data = batch.get(b"data", batch.get("data"))
         labels = batch.get(b"labels", batch.get("labels"))
+    except RefusedGlobal as exc:
+        what = f"refused to unpickle {exc.qualified}: a CIFAR batch holds only arrays and lists"
+        raise data_error(where, what) from None
     except CORRUPT_ERRORS + (pickle.UnpicklingError, AttributeError) as exc:
         raise data_error(where, f"not a CIFAR batch pickle ({type(exc).__name__}: {exc})") from None
     if data is None or labels is None:

@@ -21,7 +21,6 @@ converted to RGB; then PIL bilinear resize to ``size`` x ``size`` (what torchvis
 
 from __future__ import annotations
 
-import pickle
 import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -40,6 +39,7 @@ from splitmix.data.sources._common import (
     decode_image,
     image_set,
 )
+from splitmix.data.sources.safe_pickle import load_pickled
 from splitmix.seeding import rng
 
 DOMAINNET_SITES = ("real", "clipart", "infograph", "painting", "quickdraw", "sketch")
@@ -52,6 +52,7 @@ DOMAINNET_ZIP_URLS = {
     for site in DOMAINNET_SITES
 }
 TRAIN_FRACTION = 0.7  # only for the no-split-list fallback
+_LIST_FIX = "delete it and fetch FedBN's domainnet_dataset.zip again (its README links it)"
 
 
 class _SiteFiles:
@@ -108,16 +109,18 @@ class _SiteFiles:
 
 
 def load_split_list(path: PathLike) -> tuple[list[str], list[str]]:
-    """FedBN's ``<site>_<split>.pkl``: (paths, text labels), as its loader reads it (np.load)."""
+    """FedBN's ``<site>_<split>.pkl``: (paths, text labels), as its loader reads it (np.load),
+    through the restricted unpickler (strings and arrays only: the lists come from Google Drive)."""
     p = Path(path)
     if not p.is_file():
         raise data_error(p, "DomainNet split list does not exist", "place FedBN's split lists here")
+    obj = load_pickled(p, "a (paths, labels) pickle", _LIST_FIX)
     try:
-        obj = np.load(p, allow_pickle=True)
         paths, labels = obj
         paths, labels = [str(x) for x in paths], [str(x) for x in labels]
-    except CORRUPT_ERRORS + (pickle.UnpicklingError,) as exc:
-        raise data_error(p, f"not a (paths, labels) pickle ({type(exc).__name__}: {exc})") from None
+    except CORRUPT_ERRORS as exc:
+        what = f"not a (paths, labels) pickle ({type(exc).__name__}: {exc})"
+        raise data_error(p, what, _LIST_FIX) from None
     if len(paths) != len(labels):
         raise data_error(p, f"{len(paths)} paths but {len(labels)} labels")
     return paths, labels

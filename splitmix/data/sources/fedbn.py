@@ -6,8 +6,10 @@ Layout, per domain folder (``MNIST``, ``SVHN``, ``USPS``, ``SynthDigits``, ``MNI
     <Domain>/test.pkl
 
 Each file is a pickled ``(images, labels)`` tuple, read as FedBN reads it,
-``np.load(path, allow_pickle=True)``; images are (N, H, W) uint8 for gray domains or (N, H, W, 3),
-at each domain's native size (USPS 16x16, MNIST 28x28, SVHN/SynthDigits 32x32x3, MNIST_M 28x28x3).
+``np.load(path, allow_pickle=True)``, but through a restricted unpickler that rebuilds only numpy
+arrays and plain data (``safe_pickle``: the zip comes from Google Drive); images are (N, H, W)
+uint8 for gray domains or (N, H, W, 3), at each domain's native size (USPS 16x16, MNIST 28x28,
+SVHN/SynthDigits 32x32x3, MNIST_M 28x28x3).
 
 The recipe (FedBN ``utils/data_preprocess.py``): concatenate official train + test, split with
 ``StratifiedShuffleSplit(test_size=0.2, random_state=0)`` (``transform.fedbn_train_test_split``),
@@ -17,7 +19,6 @@ which :func:`fedbn_cut_parts` reproduces.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from splitmix.data.sources._common import (
     labels_from,
     require_file,
 )
+from splitmix.data.sources.safe_pickle import load_pickled
 
 # catalog domain name -> FedBN folder name
 FEDBN_DIGITS_FOLDERS = {
@@ -52,10 +54,10 @@ def fedbn_part_path(domain_dir: PathLike, part: int) -> Path:
 def load_fedbn_pickle(path: PathLike) -> ImageSet:
     """One FedBN ``(images, labels)`` pickle as an ImageSet (gray gets a channel axis)."""
     p = require_file(path, "FedBN Digits pickle", _FIX)
+    obj = load_pickled(p, "an (images, labels) pickle", _FIX)
     try:
-        obj = np.load(p, allow_pickle=True)
         images, labels = obj
-    except CORRUPT_ERRORS + (pickle.UnpicklingError, AttributeError) as exc:
+    except CORRUPT_ERRORS as exc:
         what = f"not an (images, labels) pickle ({type(exc).__name__}: {exc})"
         raise data_error(p, what, _FIX) from None
     images = np.asarray(images)
