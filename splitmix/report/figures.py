@@ -1,4 +1,4 @@
-"""Figures from evaluation rows (REFERENCE 8): one builder per kind of figure.
+"""Figures from evaluation rows (docs/paper.md#figures): one builder per kind of figure.
 
 Every builder takes the loaded rows (with run config columns, see ``load.py``) and returns, per
 task (dataset x split), either a drawn figure with its caption or the reason it was skipped, so
