@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -177,10 +178,14 @@ def _candidates(w: float, h: float) -> list[tuple[float, float]]:
 
 
 def _segment_samples(ax: Any, step: float = 6.0) -> np.ndarray:
-    """Pixel positions along every plotted line, so labels avoid crossing curves as well."""
+    """Pixel positions along every plotted line and error bar, so labels avoid crossing them."""
+    paths = [np.column_stack(line.get_data()).astype(float) for line in ax.get_lines()]
+    for coll in ax.collections:
+        if isinstance(coll, LineCollection):  # error bars
+            paths += [np.asarray(seg, dtype=float) for seg in coll.get_segments()]
     pts = []
-    for line in ax.get_lines():
-        xy = ax.transData.transform(np.column_stack(line.get_data()).astype(float))
+    for path in paths:
+        xy = ax.transData.transform(path) if len(path) else path.reshape(0, 2)
         xy = xy[np.isfinite(xy).all(axis=1)]
         for a, b in zip(xy[:-1], xy[1:], strict=True):
             n = max(2, int(np.hypot(*(b - a)) / step))
