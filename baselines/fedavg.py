@@ -1,4 +1,5 @@
-"""FedAvg (REFERENCE 1.3): one dense model of a fixed width, averaged over participating clients.
+"""FedAvg (docs/paper.md#fedavg): one dense model of a fixed width, averaged over participating
+clients.
 
 Each width is a separate run. Only the smallest width (x1/8 on 8-4-2-1) respects every client's
 budget; a wider FedAvg trains clients beyond their budget and is a budget-VIOLATING reference
@@ -45,7 +46,7 @@ class FedAvg(ServerModelAlgorithm):
         check_bn(cfg.bn)
 
     def build_model(self) -> nn.Module:
-        # No rescale_init / rescale_layer: FedAvg is a plain dense model (REFERENCE 1.3).
+        # No rescale_init / rescale_layer: FedAvg is a plain dense model (docs/paper.md#fedavg).
         return build_model(
             self.info.arch,
             width=self.width,

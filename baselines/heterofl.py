@@ -1,5 +1,5 @@
-"""HeteroFL and SHeteroFL (REFERENCE 1.2): one slimmable model whose width-r sub-network is the
-prefix ``[:ceil(r*C)]`` of every layer.
+"""HeteroFL and SHeteroFL (docs/paper.md#heterofl): one slimmable model whose width-r sub-network is
+the prefix ``[:ceil(r*C)]`` of every layer.
 
 * ``heterofl``: client k trains only its budget width R_k;
 * ``sheterofl``: client k trains every width <= R_k each step, ascending, one backward per width

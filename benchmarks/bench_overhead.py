@@ -1,5 +1,4 @@
-"""Simulation overhead of the federated engine against a bare PyTorch loop (DESIGN "fast by
-construction").
+"""Simulation overhead of the federated engine against a bare PyTorch loop (docs/design.md#fast).
 
 Both sides do the SAME work: FedAvg of the DigitModel on the same synthetic in-memory uint8
 clients, the same batches (the engine's per-(round, client) permutation streams), a fresh SGD

@@ -27,7 +27,7 @@ from splitmix.errors import ConfigError
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """How a dataset is cut into clients (REFERENCE 3, 10)."""
+    """How a dataset is cut into clients (docs/paper.md#data, docs/fidelity.md#data-splits)."""
 
     kind: str = "feature"  # feature | iid | class | dirichlet
     clients_per_domain: int = 10  # pd_nuser (for single-domain datasets: the number of clients)
@@ -36,19 +36,20 @@ class SplitConfig:
     classes_per_client: int = 3  # kind=class
     alpha: float = 0.5  # kind=dirichlet
     equal_domain_sizes: bool = True  # truncate every domain to the smallest domain's train size
-    test_same_classes: bool = True  # kind=class: test classes = train classes (REFERENCE 10)
+    # kind=class: test classes = train classes (docs/fidelity.md#class-test-data)
+    test_same_classes: bool = True
     domains: tuple[str, ...] | None = None  # None = all domains of the dataset
 
 
 def pgd_step_size(eps: float, steps: int) -> float:
     """The original's PGD step for ``steps`` iterations: ``min(1.25 eps, eps + 4/255) / steps``
-    (REFERENCE 5; (10/255)/7 for the paper's eps 8/255 and 7 steps)."""
+    (docs/paper.md#adversarial; (10/255)/7 for the paper's eps 8/255 and 7 steps)."""
     return min(1.25 * eps, eps + 4 / 255) / max(int(steps), 1)
 
 
 @dataclass(frozen=True)
 class AdvConfig:
-    """Adversarial training and robustness evaluation (REFERENCE 5)."""
+    """Adversarial training and robustness evaluation (docs/paper.md#adversarial)."""
 
     lam: float = 0.0  # training loss (1-lam)*CE(clean) + lam*CE(adversarial); 0 = no AT
     eps: float = 8 / 255
@@ -82,7 +83,7 @@ class RunConfig:
     arch: str | None = None  # None = the dataset's default model
     image_size: int | None = None  # None = the dataset's default input size
     bn: str = "batch"  # batch (no running stats) | tracked (server-averaged) | local (FedBN)
-    budgets: str = "8-4-2-1"  # budget distribution string (REFERENCE 4)
+    budgets: str = "8-4-2-1"  # budget distribution string (docs/paper.md#budgets)
     budget_assignment: str = "index"  # index (paper) | random (seeded)
     rounds: int = 300
     local_epochs: int = 1  # wk_iters: local steps = ceil(n_train / batch_size) * local_epochs
@@ -95,7 +96,8 @@ class RunConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     participation: int = -1  # pr_nuser: clients sampled per round; -1 = all
-    masked_loss: bool | None = None  # None = on for class non-IID splits (REFERENCE 1.0)
+    # None = on for class non-IID splits (docs/paper.md#federated-loop)
+    masked_loss: bool | None = None
     augment: str | None = None  # None = dataset default; none | crop_flip | flip_rotate
     adv: AdvConfig = field(default_factory=AdvConfig)
     eval_every: int = 1

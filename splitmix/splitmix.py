@@ -2,15 +2,15 @@
 
 The server holds ``num_base = max_width / atom`` independent dense networks of width ``atom``. A
 client whose budget is width R trains ``R / atom`` of them per round; each base is averaged only
-over the clients that trained it (REFERENCE 1.1); a model of width r at test time is the
+over the clients that trained it (docs/paper.md#split-mix); a model of width r at test time is the
 logit-mean of the first ``r / atom`` bases (in-situ size customisation). With 0 < adv.lam < 1
 every BN is a dual BN, mixed between clean and robust at test time (in-situ robustness).
 
-Base sampling (REFERENCE 1.1): each client's FIRST base comes from one persistent cyclic sampler (a
-shuffled order of all bases, walked cyclically, re-shuffled when exhausted) so that even the
-smallest clients cover every base over time; its other bases are a fresh random subset of the rest.
-Re-shuffles draw from the round's ``plan`` stream, so the sampler's state is just (order, position)
-and a resumed run redraws exactly what an uninterrupted run would.
+Base sampling (docs/paper.md#split-mix): each client's FIRST base comes from one persistent cyclic
+sampler (a shuffled order of all bases, walked cyclically, re-shuffled when exhausted) so that even
+the smallest clients cover every base over time; its other bases are a fresh random subset of the
+rest. Re-shuffles draw from the round's ``plan`` stream, so the sampler's state is just (order,
+position) and a resumed run redraws exactly what an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class CyclicShuffleSampler:
     """Walks a shuffled order of ``n`` items cyclically, re-shuffling when it reaches the end.
 
     Over every full pass each item is drawn exactly once, so the first bases of successive
-    clients cover all bases evenly (REFERENCE 1.1 ``shuffle_sampler``).
+    clients cover all bases evenly (docs/paper.md#split-mix ``shuffle_sampler``).
     """
 
     def __init__(self, n: int, rng: np.random.Generator) -> None:
@@ -94,11 +94,11 @@ class SplitMix(ServerModelAlgorithm):
     name = "splitmix"
     params = {
         "atom": 0.125,  # width of one base
-        "rescale_init": True,  # REFERENCE 2.4
+        "rescale_init": True,  # docs/paper.md#rescaling
         "rescale_layer": True,  # train-time Scaler (divide by atom)
         "fused": False,  # train a client's bases in one batched pass (beyond the paper)
         "sort_bases": False,  # test: ensembles take the bases of best validation accuracy first
-        "loss_temp": "none",  # none | auto | number (ablation, REFERENCE 1.1)
+        "loss_temp": "none",  # none | auto | number (ablation, docs/paper.md#split-mix)
     }
 
     def __init__(self, cfg: RunConfig, info: FederationInfo) -> None:
@@ -123,7 +123,7 @@ class SplitMix(ServerModelAlgorithm):
                 f"[{self.atom:g}, {self.widths[-1]:g}] of budgets {cfg.budgets!r}"
             )
         lam = float(cfg.adv.lam)
-        self.dual = 0.0 < lam < 1.0  # REFERENCE 2.5: dual BN iff 0 < lambda < 1
+        self.dual = 0.0 < lam < 1.0  # docs/paper.md#dual-bn: dual BN iff 0 < lambda < 1
         self.adv = lam > 0.0
         self.norm = norm_kind(cfg.bn, self.dual)
         self.temp = _loss_temperature(self.p["loss_temp"], self.atom)
@@ -198,8 +198,9 @@ class SplitMix(ServerModelAlgorithm):
         """Each base: its own loss on the batch, backward (gradients accumulate); summed loss.
 
         With adversarial training each base's loss is (1-lam) CE(clean BN, x) + lam CE(noise BN,
-        x_adv), x_adv crafted by PGD against that single base's noise path (REFERENCE 5, 9.12).
-        Bases run in sampled order, which fixes the order PGD random starts are drawn in.
+        x_adv), x_adv crafted by PGD against that single base's noise path
+        (docs/paper.md#adversarial, #pitfalls). Bases run in sampled order, which fixes the order
+        PGD random starts are drawn in.
         """
         if isinstance(model, FusedBases):
             out = model(x)  # (B, k, classes)

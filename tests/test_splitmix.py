@@ -1,5 +1,6 @@
-"""Split-Mix algorithm (REFERENCE 1.1, 2.6, 5): bases per budget, base sampling, masked
-aggregation, ensembles, dual BN, adversarial loss, checkpoint round trip, end-to-end learning."""
+"""Split-Mix algorithm (docs/paper.md#split-mix, #dual-bn, #adversarial): bases per budget, base
+sampling, masked aggregation, ensembles, dual BN, adversarial loss, checkpoint round trip,
+end-to-end learning."""
 
 from __future__ import annotations
 
@@ -143,7 +144,7 @@ def test_sampled_bases_distinct_and_counted():
 
 def test_first_bases_follow_the_cyclic_sampler():
     """First picks across successive clients: each aligned block of num_base is a permutation,
-    so over any prefix the counts per base differ by at most 1 (REFERENCE 1.1)."""
+    so over any prefix the counts per base differ by at most 1 (docs/paper.md#split-mix)."""
     alg = make_alg(client_budgets=(0.125, 0.125, 0.125, 0.5, 1.0))
     firsts = []
     small: Counter[int] = Counter()

@@ -1,8 +1,9 @@
 """Training augmentation applied to whole batches (B, C, H, W) of floats in [0, 1].
 
-The original applies torchvision transforms per sample in a DataLoader (REFERENCE 3). Here the
-same transforms are drawn per sample but applied with one gather / one ``grid_sample`` per batch,
-so augmentation costs no per-sample Python in the hot loop. Randomness comes from an explicit
+The original applies torchvision transforms per sample in a DataLoader (docs/paper.md#data,
+docs/fidelity.md#batch-augmentation). Here the same transforms are drawn per sample but applied
+with one gather / one ``grid_sample`` per batch, so augmentation costs no per-sample Python in the
+hot loop. Randomness comes from an explicit
 ``torch.Generator`` (a named stream), so a run is reproducible and independent of other draws.
 
 * ``crop_flip`` (CIFAR-10): RandomCrop(32, padding=4, zero fill) + RandomHorizontalFlip.
@@ -115,7 +116,7 @@ AUGMENTS: dict[str, Augment] = {
 
 
 def default_augment(dataset: str) -> str:
-    """The original's training transform for ``dataset`` (REFERENCE 3.1-3.3)."""
+    """The original's training transform for ``dataset`` (docs/paper.md#data)."""
     try:
         return DEFAULT_AUGMENT[dataset]
     except KeyError:

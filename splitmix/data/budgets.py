@@ -1,4 +1,4 @@
-"""Client budgets: the widest sub-network each client can train (REFERENCE 4).
+"""Client budgets: the widest sub-network each client can train (docs/paper.md#budgets).
 
 A budget string is either a ``-``-separated list of widths, where token ``p`` means 1/p and
 ``pdq`` means q/p (``8-4-8d3-2`` -> 1/8, 1/4, 3/8, 1/2), or the lognormal family ``ln<s>_<scale>``
@@ -6,8 +6,8 @@ over the 8 widths 1/8, 2/8, ..., 1.
 
 Default assignment is by client INDEX (the paper's setting): clients form contiguous groups in
 domain-major order, ascending budget, so in Digits/DomainNet budget correlates with domain
-(REFERENCE 9.8). ``random`` assignment permutes the same multiset of budgets with its own seeded
-stream, so it changes who gets which budget but never how many clients get each.
+(docs/paper.md#budgets). ``random`` assignment permutes the same multiset of budgets with its
+own seeded stream, so it changes who gets which budget but never how many clients get each.
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def max_width(spec: str) -> float:
 
 
 def _lognormal_boundaries(s: float, scale: float, num_clients: int) -> np.ndarray:
-    """q_1..q_9 of REFERENCE 4: clients [q_i, q_{i+1}) get w_i; mass P(w_i < X <= w_{i+1})."""
+    """q_1..q_9 of docs/paper.md#budgets: clients [q_i, q_{i+1}) get w_i; mass
+    P(w_i < X <= w_{i+1})."""
     cdf = lognorm(s, scale=scale).cdf(np.array(LOGNORMAL_WIDTHS))
     q = [int(num_clients * (f - cdf[0]) / (1.0 - cdf[0])) for f in cdf]
     return np.array([*q, num_clients], dtype=np.int64)
@@ -99,8 +100,8 @@ def assign_budgets(
 ) -> np.ndarray:
     """Max width per client (float64, length ``num_clients``).
 
-    ``index``: contiguous ascending groups by client index (REFERENCE 4); ``random``: the same
-    budgets permuted with stream ``budgets`` of ``seed``.
+    ``index``: contiguous ascending groups by client index (docs/paper.md#budgets); ``random``:
+    the same budgets permuted with stream ``budgets`` of ``seed``.
     """
     spec = str(spec).strip()
     if isinstance(num_clients, bool) or int(num_clients) != num_clients or num_clients < 1:

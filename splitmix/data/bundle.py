@@ -617,7 +617,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "bundle",
         help="rebuild the bundled mini datasets from an offline mirror",
         description="Build digits-mini and cifar10-mini from the raw files of an offline mirror "
-        "(laid out like shared/data, verified against its SHA256SUMS).",
+        "(laid out as in docs/data.md#mirror, verified against its SHA256SUMS).",
     )
     p.add_argument(
         "--from",

@@ -16,7 +16,7 @@ import torch
 @dataclass
 class Client:
     index: int
-    name: str  # e.g. "mnist-3" (domain-major naming, REFERENCE 3)
+    name: str  # e.g. "mnist-3" (domain-major naming, docs/paper.md#data)
     domain: str
     train_x: torch.Tensor  # (n, 3, H, W) uint8
     train_y: torch.Tensor  # (n,) int64

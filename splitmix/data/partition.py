@@ -3,16 +3,16 @@
 The result is a list of ``ClientShard`` index arrays (no pixels), so a split can be computed,
 tested and logged from the labels alone and applied to any image store afterwards.
 
-Clients are domain-major and named ``"<domain>-<i>"`` (REFERENCE 3): the budget assignment by
-client index (REFERENCE 4) depends on this order.
+Clients are domain-major and named ``"<domain>-<i>"`` (docs/paper.md#data): the budget assignment by
+client index (docs/paper.md#budgets) depends on this order.
 
 Randomness comes from independent named streams (``splitmix.seeding.rng``), one per purpose AND
 per domain, e.g. ``partition/<domain>/train``, ``classes/<domain>``, ``dirichlet/<domain>``. So
 changing ``val_ratio`` never changes which classes a client holds, and adding a domain never shifts
 the split of another.
 
-Deliberate differences from the original code (REFERENCE 9/10), all in favour of unbiased,
-disjoint splits:
+Deliberate differences from the original code (docs/fidelity.md#data-splits), all in favour of
+unbiased, disjoint splits:
 
 * When a domain is cut to N train samples (``equal_domain_sizes``, ``percent``), each class keeps
   its first samples in stored order in proportion to its share (``select_pool``) instead of the
@@ -41,7 +41,8 @@ from splitmix.errors import ConfigError
 from splitmix.seeding import rng
 
 KINDS = ("feature", "iid", "class", "dirichlet")
-MIN_CLASS_SHARE = 16  # min samples of one class per holder (REFERENCE 3: 16 for Digits/CIFAR c<=3)
+# min samples of one class per holder (docs/paper.md#data: 16 for Digits/CIFAR c<=3)
+MIN_CLASS_SHARE = 16
 MAX_DIRICHLET_DRAWS = 100
 
 
@@ -141,7 +142,8 @@ def select_pool(labels: np.ndarray, n: int) -> np.ndarray:
 
 
 def _pool_sizes(train_labels: dict[str, np.ndarray], cfg: SplitConfig) -> dict[str, int]:
-    """Train samples used per domain: equal-size truncation, then ``percent`` (REFERENCE 3)."""
+    """Train samples used per domain: equal-size truncation, then ``percent``
+    (docs/paper.md#data)."""
     sizes = {d: len(y) for d, y in train_labels.items()}
     if cfg.equal_domain_sizes:
         smallest = min(sizes.values())
@@ -399,6 +401,7 @@ def split_federation(
 
 
 def client_weights(shards: Sequence[ClientShard]) -> np.ndarray:
-    """Aggregation weights n_k / sum_j n_j from post-split TRAIN sizes (REFERENCE 1.0, 9.2)."""
+    """Aggregation weights n_k / sum_j n_j from post-split TRAIN sizes
+    (docs/paper.md#federated-loop, #pitfalls)."""
     n = np.array([len(s.train) for s in shards], dtype=np.float64)
     return n / n.sum()

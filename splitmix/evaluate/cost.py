@@ -1,17 +1,17 @@
 """Model cost of an assembled model: MACs and FLOPs per sample, parameters, state size and bytes.
 
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` on the model as assembled for
-evaluation (DESIGN "honest cost accounting": counted from the code that runs, never from a formula
+evaluation (docs/design.md#honest-costs: counted from the code that runs, never from a formula
 that can drift). FlopCounterMode counts 2 FLOPs per multiply-add of the matrix ops
 (``aten.mm/addmm/bmm/baddbmm``: linear layers) and of ``aten.convolution`` (conv layers); it does
 not count bias additions, BN, ReLU, pooling or the ensemble's logit mean, consistent with thop's
-defaults the paper used (REFERENCE 6). MACs = FLOPs / 2, reported per sample.
+defaults the paper used (docs/paper.md#cost). MACs = FLOPs / 2, reported per sample.
 
-Sizes (REFERENCE 6, 10): ``params`` = sum of numel of the parameters the assembled model uses;
-``state_numel`` = the same over its state_dict (parameters and buffers: BN running statistics and
-``num_batches_tracked`` when tracked), i.e. the paper's "model size (MB)" which is a count; and
-``model_bytes`` = sum of numel x element size over that state. A slimmable (HeteroFL) model run at
-a width counts only the prefix block of every tensor that width uses.
+Sizes (docs/paper.md#cost, docs/fidelity.md#units): ``params`` = sum of numel of the parameters the
+assembled model uses; ``state_numel`` = the same over its state_dict (parameters and buffers: BN
+running statistics and ``num_batches_tracked`` when tracked), i.e. the paper's "model size (MB)"
+which is a count; and ``model_bytes`` = sum of numel x element size over that state. A slimmable
+(HeteroFL) model run at a width counts only the prefix block of every tensor that width uses.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from splitmix.models import prefix_blocks
 
-COST_BATCH = 2  # >1 so batch-statistics BN (and BatchNorm1d) can run; REFERENCE 6 uses 2
+COST_BATCH = 2  # >1 so batch-statistics BN (and BatchNorm1d) can run; docs/paper.md#cost uses 2
 
 
 @dataclass(frozen=True)

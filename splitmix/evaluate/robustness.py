@@ -1,5 +1,5 @@
 """Robustness evaluation: L-inf PGD (torchattacks, via ``splitmix.fl.adversarial.pgd``) against the
-assembled model end to end (REFERENCE 5: the lambda-mixed ensemble, white box).
+assembled model end to end (docs/paper.md#adversarial: the lambda-mixed ensemble, white box).
 
 The attack is the paper's: eps 8/255, 7 steps of (10/255)/7, uniform random start, inputs in
 [0, 1] without normalisation (the run's ``adv`` settings, whose defaults are these). Its random

@@ -280,8 +280,9 @@ def client_rows(
 ) -> list[dict[str, Any]]:
     """Rows of ``values`` (client name -> value), then the unweighted mean over each domain's
     clients (client ``mean``, domain ``<d>``) and over all clients (client ``mean``, domain
-    ``all``), as the paper reports "avg test acc" and per-domain accuracy (REFERENCE 8, 9.2).
-    ``domains`` maps client name -> domain; ``common`` are the other row fields (width, ...)."""
+    ``all``), as the paper reports "avg test acc" and per-domain accuracy (docs/paper.md#figures,
+    #pitfalls). ``domains`` maps client name -> domain; ``common`` are the other row fields
+    (width, ...)."""
     rows = [key.row(metric, v, client=c, domain=domains[c], **common) for c, v in values.items()]
     if not values:
         return rows

@@ -167,8 +167,8 @@ def _client_models(
 
 def maybe_sort_bases(run: LoadedRun) -> list[int] | None:
     """Split-Mix ``sort_bases``: order bases by their own mean validation accuracy over clients
-    (REFERENCE 1.1 Test), so ensembles take the best bases first. None if the method has no such
-    option or it is off."""
+    (docs/paper.md#split-mix, test), so ensembles take the best bases first. None if the method has
+    no such option or it is off."""
     alg: Any = run.algorithm
     if not (getattr(alg, "p", {}).get("sort_bases") and hasattr(alg, "sort_bases_by")):
         return None

@@ -1,4 +1,5 @@
-"""PGD adversarial examples and the adversarial-training loss (REFERENCE 5, 10).
+"""PGD adversarial examples and the adversarial-training loss (docs/paper.md#adversarial,
+docs/fidelity.md#pgd).
 
 The attack is torchattacks' L-inf PGD with the original advertorch settings (eps 8/255, 7 steps of
 (10/255)/7, uniform random start, inputs in [0, 1] without normalisation). As in the original
@@ -74,7 +75,8 @@ def adversarial_loss(
     loss_fn: LossFn,
     lam: float | None = None,
 ) -> torch.Tensor:
-    """``(1 - lam) * loss(f_clean(x), y) + lam * loss(f_noise(x_adv), y)`` (REFERENCE 5).
+    """``(1 - lam) * loss(f_clean(x), y) + lam * loss(f_noise(x_adv), y)``
+    (docs/paper.md#adversarial).
 
     ``model`` is the network being trained (one Split-Mix base, or FedAvg's model) in train mode;
     with dual BN, "clean"/"noise" route its DualBatchNorm layers, otherwise both paths are the same

@@ -1,4 +1,5 @@
-"""Masked weighted averaging: the server-side merge of every method (REFERENCE 1.1, 1.2, 1.3, 9.7).
+"""Masked weighted averaging: the server-side merge of every method (docs/paper.md#split-mix,
+#heterofl, #fedavg, #pitfalls).
 
 Each uploaded tensor covers either a whole server tensor or a block of it (HeteroFL's top-left
 prefix block; a Split-Mix base is a whole tensor of one base). Every entry of the server state
@@ -8,8 +9,9 @@ entry), HeteroFL (outer channels are averaged only over the clients wide enough 
 Split-Mix (a base is averaged over the clients that trained it).
 
 Integer buffers (BatchNorm's ``num_batches_tracked``) are counters, not estimates: they are copied
-from the last client that uploaded them, never averaged (REFERENCE 9.13). Unlike the original code,
-a counter nobody uploaded this round keeps its value instead of being reset to 0.
+from the last client that uploaded them, never averaged (docs/paper.md#pitfalls). Unlike the
+original code, a counter nobody uploaded this round keeps its value instead of being reset to 0
+(docs/fidelity.md#num-batches-tracked).
 """
 
 from __future__ import annotations

@@ -5,12 +5,13 @@ What a subclass writes: ``build_model()`` (a fresh, randomly initialised global 
 ``exchange_blocks(task)``. Everything else lives here:
 
 * one server module ``self.server`` and ONE persistent "running" module the clients train in turn
-  (``download`` copies tensors into it, nothing is deep-copied per client, REFERENCE 1.0);
+  (``download`` copies tensors into it, nothing is deep-copied per client,
+  docs/paper.md#federated-loop);
 * local tensors (``cfg.bn == 'local'``, FedBN): the keys ``models.local_state_keys`` selects by
   layer type are never uploaded and never averaged; each client's copy is kept here (client-side
   in a real deployment), loaded on ``download`` and ``assemble``; a client that never trained
   starts from the server's initial values of those tensors;
-* ``aggregate`` = ``MaskedAverage`` over ``self.server.state_dict()`` (REFERENCE 9.7);
+* ``aggregate`` = ``MaskedAverage`` over ``self.server.state_dict()`` (docs/paper.md#pitfalls);
 * byte accounting of both directions from the tensors actually exchanged
   (``download_bytes``, which the engine asks for; ``Update.nbytes`` for the upload);
 * ``state_dict``/``load_state_dict`` = ``{server, local, extra}`` for an exact resume.

@@ -1,7 +1,7 @@
 """The federated engine: rounds, client sampling, local training, validation, checkpoint/resume.
 
-The engine owns the order of a round and knows no method by name (DESIGN "one interface, many
-methods"): every method-specific decision goes through the ``Algorithm`` verbs. One round is
+The engine owns the order of a round and knows no method by name (docs/design.md#one-interface):
+every method-specific decision goes through the ``Algorithm`` verbs. One round is
 
     lr <- schedule(round); clients <- sample(round); tasks <- plan(round, clients)
     for each task: seed torch; model <- download; fresh SGD; local steps; update <- upload
@@ -72,7 +72,8 @@ def make_generator(seed: int, name: str, device: torch.device) -> torch.Generato
 
 
 def local_steps(n_train: int, batch_size: int, local_epochs: int) -> int:
-    """Mini-batch steps of one client per round: ``ceil(n / b) * epochs`` (REFERENCE 9.6)."""
+    """Mini-batch steps of one client per round: ``ceil(n / b) * epochs``
+    (docs/paper.md#pitfalls)."""
     return math.ceil(n_train / batch_size) * local_epochs
 
 
@@ -317,7 +318,8 @@ class _Run:
         steps = local_steps(int(client.train_y.shape[0]), cfg.batch_size, cfg.local_epochs)
         if not params or steps == 0:
             return 0.0, 0
-        # a fresh optimizer per client per round: no momentum carried over (REFERENCE 1.0)
+        # a fresh optimizer per client per round: no momentum carried over
+        # (docs/paper.md#federated-loop)
         opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         g_batch = make_generator(cfg.seed, f"batches/{r}/{task.client}", torch.device("cpu"))
         g_aug = make_generator(cfg.seed, f"augment/{r}/{task.client}", dev)

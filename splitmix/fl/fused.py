@@ -1,9 +1,10 @@
 """Fused bases: k same-architecture Split-Mix bases in ONE forward/backward (not in the paper).
 
-A client with budget R trains k = R/atom independent bases on the same batch (REFERENCE 1.1). The
-reference loop runs k small networks one after another; on a CPU each of them is too small to keep
-the cores busy, so most of the time goes to per-op overhead. Because the bases share nothing, they
-can be laid side by side as ONE wide network whose every layer is block-diagonal over the bases:
+A client with budget R trains k = R/atom independent bases on the same batch
+(docs/paper.md#split-mix). The reference loop runs k small networks one after another; on a CPU
+each of them is too small to keep the cores busy, so most of the time goes to per-op overhead.
+Because the bases share nothing, they can be laid side by side as ONE wide network whose every
+layer is block-diagonal over the bases:
 
 * ``Conv2d`` -> the k weights stacked along the output dim and a ``groups=k`` convolution; a layer
   that sees the shared model input (the first conv) runs an ordinary wider convolution instead

@@ -1,4 +1,4 @@
-"""Training/validation losses (REFERENCE 1.0 and 9.10)."""
+"""Training/validation losses (docs/paper.md#federated-loop, #pitfalls)."""
 
 from __future__ import annotations
 

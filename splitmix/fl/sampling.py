@@ -1,4 +1,4 @@
-"""Which clients take part in a round (REFERENCE 1.0, ``UserSampler``)."""
+"""Which clients take part in a round (docs/paper.md#federated-loop, ``UserSampler``)."""
 
 from __future__ import annotations
 

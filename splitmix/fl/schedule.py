@@ -1,4 +1,4 @@
-"""Learning-rate schedules, evaluated per round (REFERENCE 7, 9).
+"""Learning-rate schedules, evaluated per round (docs/paper.md#hyperparameters, #pitfalls).
 
 The original code steps its scheduler once per communication round and hands the resulting lr to a
 FRESH optimizer for each client, so the schedule is a pure function of the round index: no scheduler

@@ -1,4 +1,4 @@
-"""AlexNet for DomainNet (REFERENCE 2.2), no dropout, a BN after every conv/fc.
+"""AlexNet for DomainNet (docs/paper.md#alexnet), no dropout, a BN after every conv/fc.
 
 conv1 3->64w k11 s4 p2, conv2 ->192w k5 p2, conv3 ->384w k3 p1, conv4 ->256w k3 p1, conv5 ->256w k3
 p1 (maxpool 3/2 after conv1, conv2, conv5); AdaptiveAvgPool(6, 6); fc1 256w*36 ->4096w, fc2

@@ -1,4 +1,4 @@
-"""DigitModel: the Digits CNN of FedBN / Split-Mix (REFERENCE 2.1), input 3x28x28.
+"""DigitModel: the Digits CNN of FedBN / Split-Mix (docs/paper.md#digitmodel), input 3x28x28.
 
 conv1 3->64w k5 p2 -> [scaler] -> BN -> ReLU -> maxpool2; conv2 64w->64w k5 p2 (same);
 conv3 64w->128w k5 p2 -> [scaler] -> BN -> ReLU; flatten 128w*7*7; fc1 ->2048w and fc2 ->512w,

@@ -1,4 +1,4 @@
-"""Split-Mix's model: independent narrow bases whose logits are averaged (REFERENCE 1.1).
+"""Split-Mix's model: independent narrow bases whose logits are averaged (docs/paper.md#split-mix).
 
 A model of width r is the mean of the logits (not probabilities) of the first ``r / atom`` bases;
 bases share nothing, so each can be trained, sent and averaged on its own.

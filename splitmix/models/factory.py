@@ -130,7 +130,8 @@ def build_ensemble(
 ) -> Ensemble:
     """Split-Mix's model: ``max_width / atom`` independent dense bases of width ``atom``.
 
-    rescale_init/rescale_layer default to True as in the paper's Split-Mix runs (REFERENCE 7).
+    rescale_init/rescale_layer default to True as in the paper's Split-Mix runs
+    (docs/paper.md#hyperparameters).
     """
     n = bases_for_width(max_width, atom)
 
@@ -148,7 +149,7 @@ def build_ensemble(
 
 
 def count_params(model: nn.Module, width: float | None = None) -> int:
-    """Number of entries of the state_dict (parameters AND buffers, REFERENCE 6).
+    """Number of entries of the state_dict (parameters AND buffers, docs/paper.md#cost).
 
     With ``width``: entries of the width-``width`` model only, i.e. of a slimmable model's prefix
     sub-network, or of an ensemble's first ``width / atom`` bases (as evaluated at that width).

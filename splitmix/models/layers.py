@@ -1,11 +1,11 @@
 """Building blocks shared by every architecture: the train-time Scaler, width arithmetic,
 Split-Mix's rescaled initialisation, and the slimmable (prefix-sliced) Conv2d / Linear.
 
-Width arithmetic (REFERENCE 2.1, 1.2): a dense model of width ``w`` has ``int(w * c)`` channels
-where the full model has ``c``; a slimmable layer at ratio ``r`` uses the first ``ceil(r * C)``
-channels. Both add or subtract a tiny epsilon before rounding so that float noise such as
-``0.29 * 100 = 28.999999999999996`` cannot drop a channel; for the paper's widths (1/8 .. 1) and
-channel counts the results are exactly those of plain ``int`` / ``ceil``.
+Width arithmetic (docs/paper.md#digitmodel, #heterofl): a dense model of width ``w`` has
+``int(w * c)`` channels where the full model has ``c``; a slimmable layer at ratio ``r`` uses the
+first ``ceil(r * C)`` channels. Both add or subtract a tiny epsilon before rounding so that float
+noise such as ``0.29 * 100 = 28.999999999999996`` cannot drop a channel; for the paper's widths
+(1/8 .. 1) and channel counts the results are exactly those of plain ``int`` / ``ceil``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ _EPS = 1e-9
 
 
 def scaled_channels(c: int, width: float) -> int:
-    """Hidden channels of a dense model of width ``width``: ``int(width * c)`` (REFERENCE 2.1)."""
+    """Hidden channels of a dense model of width ``width``: ``int(width * c)``
+    (docs/paper.md#digitmodel)."""
     n = int(width * c + _EPS)
     if n < 1:
         raise ConfigError(
@@ -32,7 +33,8 @@ def scaled_channels(c: int, width: float) -> int:
 
 
 def slim_channels(c: int, ratio: float) -> int:
-    """Channels of a slimmable layer at ratio ``ratio``: ``ceil(ratio * c)`` (REFERENCE 1.2)."""
+    """Channels of a slimmable layer at ratio ``ratio``: ``ceil(ratio * c)``
+    (docs/paper.md#heterofl)."""
     return max(1, math.ceil(ratio * c - _EPS))
 
 
@@ -46,7 +48,7 @@ def check_ratio(ratio: float) -> float:
     return min(r, 1.0)
 
 
-# ---- Split-Mix base-net rescaling (REFERENCE 2.4) ----------------------------------------------
+# ---- Split-Mix base-net rescaling (docs/paper.md#rescaling) -------------------------------------
 class Scaler(nn.Module):
     """Divide by the width in training mode only (HeteroFL's static scaler).
 
@@ -90,7 +92,7 @@ def rescale_init_(module: nn.Module, width: float) -> None:
     torch's default is kaiming-uniform with a=sqrt(5) over the layer's own fan_in; a base of width
     ``w`` has a fan_in ``w`` times that of the full layer, so its default init would be 1/sqrt(w)
     too large. Using fan_in/w gives bound_w = gain*sqrt(3)/sqrt(fan_in/w) with gain = sqrt(2/(1+5)),
-    and bias ~ U(+-1/sqrt(fan_in/w)) (REFERENCE 2.4).
+    and bias ~ U(+-1/sqrt(fan_in/w)) (docs/paper.md#rescaling).
     """
     bound = rescale_init_bound(module, width)
     with torch.no_grad():
@@ -108,7 +110,7 @@ def apply_rescale_init(model: nn.Module, width: float, skip: tuple[nn.Module, ..
             rescale_init_(m, width)
 
 
-# ---- slimmable layers (HeteroFL / SHeteroFL, REFERENCE 1.2) ------------------------------------
+# ---- slimmable layers (HeteroFL / SHeteroFL, docs/paper.md#heterofl) ----------------------------
 class WidthSwitchable(nn.Module):
     """A layer that runs at a width ratio chosen with ``set_width``; shared plumbing."""
 

@@ -1,5 +1,5 @@
-"""Normalisation regimes (REFERENCE 2.5, 2.6): batch-statistics BN, tracked BN, local (FedBN) BN,
-dual BN for in-situ robustness customisation, and their slimmable counterparts.
+"""Normalisation regimes (docs/paper.md#batch-norm, #dual-bn): batch-statistics BN, tracked BN,
+local (FedBN) BN, dual BN for in-situ robustness customisation, and their slimmable counterparts.
 
 Kinds accepted by ``make_norm``:
 
@@ -7,7 +7,8 @@ Kinds accepted by ``make_norm``:
              paper's size-customisation default; test-time BN uses the test batch).
 ``tracked``  standard BN with running statistics (momentum 0.1); the server averages them.
 ``local``    the same module as ``tracked``; a method keeps its tensors per client (FedBN). Which
-             tensors those are is answered by ``local_state_keys`` BY LAYER TYPE (REFERENCE 10).
+             tensors those are is answered by ``local_state_keys`` BY LAYER TYPE
+             (docs/fidelity.md#local-bn).
 ``dual``     ``DualBatchNorm`` with tracked statistics (the paper's AT setting); ``dual-batch``,
              ``dual-tracked`` and ``dual-local`` choose the statistics of both branches explicitly.
 """
@@ -66,7 +67,8 @@ class DualBatchNorm(nn.Module):
 
     ``mode`` routes the whole batch: ``"clean"`` or ``"noise"``; a float lambda in [0, 1] (eval
     only) outputs ``(1 - lambda) * clean(x) + lambda * noise(x)``, each after its own affine, at
-    every dual layer ("deep mix", REFERENCE 2.6). The original's ``clean_input`` c is 1 - lambda.
+    every dual layer ("deep mix", docs/paper.md#dual-bn). The original's ``clean_input`` c is
+    1 - lambda.
     """
 
     def __init__(self, num_features: int, dims: int, tracked: bool) -> None:
@@ -100,7 +102,8 @@ class SlimmableBatchNorm(WidthSwitchable):
     """One BN for every width: affine params sliced ``[:ceil(r*C)]``, always batch statistics.
 
     This is HeteroFL's choice when statistics are not tracked: a single set of running statistics
-    cannot serve sub-networks whose activations differ, so there are none (REFERENCE 1.2, 2.5).
+    cannot serve sub-networks whose activations differ, so there are none (docs/paper.md#heterofl,
+    #batch-norm).
     """
 
     def __init__(self, num_features: int, dims: int, eps: float = 1e-5) -> None:
@@ -129,7 +132,7 @@ class SwitchableBatchNorm(WidthSwitchable):
     """A private tracked BN per width ratio, ``ceil(r*C)`` features each (SwitchableLayer1D).
 
     With tracked statistics each width needs its own running mean/var (and affine), because the
-    statistics of a 1/8-width prefix differ from those of the full net (REFERENCE 2.5).
+    statistics of a 1/8-width prefix differ from those of the full net (docs/paper.md#batch-norm).
     """
 
     def __init__(self, num_features: int, dims: int, widths: tuple[float, ...]) -> None:
@@ -240,9 +243,10 @@ def is_norm_layer(module: nn.Module) -> bool:
 def local_state_keys(model: nn.Module) -> set[str]:
     """Every state_dict key of ``model`` that belongs to a normalisation layer.
 
-    Selected by layer type, never by a substring of the name (REFERENCE 10): the original matched
-    'bn' in the key, which silently missed layers named n1/n2 and would catch any 'bn_proj' linear.
-    These are the tensors a local-BN (FedBN) method keeps per client: affine params and statistics.
+    Selected by layer type, never by a substring of the name (docs/fidelity.md#local-bn): the
+    original matched 'bn' in the key, which silently missed layers named n1/n2 and would catch any
+    'bn_proj' linear. These are the tensors a local-BN (FedBN) method keeps per client: affine
+    params and statistics.
     """
     keys: set[str] = set()
     for name, m in model.named_modules():

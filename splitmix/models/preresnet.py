@@ -1,4 +1,5 @@
-"""Pre-activation ResNet-18 of HeteroFL / Split-Mix (REFERENCE 2.3), CIFAR input 3x32x32.
+"""Pre-activation ResNet-18 of HeteroFL / Split-Mix (docs/paper.md#preresnet-18), CIFAR input
+3x32x32.
 
 Hidden sizes [64, 128, 256, 512]*w; stem conv 3->64w k3 s1 p1 without bias, followed by the scaler;
 4 stages x 2 blocks with strides 1, 2, 2, 2; final ReLU(BN) -> global average pool -> linear. In a
@@ -27,7 +28,7 @@ DEFAULT_INPUT_SIZE = 32
 
 
 class Block(nn.Module):
-    """Pre-activation basic block; scaler placement as REFERENCE 2.3."""
+    """Pre-activation basic block; scaler placement as docs/paper.md#preresnet-18."""
 
     def __init__(self, kit: Kit, cin: int, cout: int, stride: int) -> None:
         super().__init__()

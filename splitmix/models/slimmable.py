@@ -1,5 +1,5 @@
-"""Nested prefix sub-networks (HeteroFL / SHeteroFL, REFERENCE 1.2): width switching and the map
-from a width to the block of every state tensor that width uses.
+"""Nested prefix sub-networks (HeteroFL / SHeteroFL, docs/paper.md#heterofl): width switching and
+the map from a width to the block of every state tensor that width uses.
 
 A method uploads ``state[key][block]`` for ``key, block in prefix_blocks(model, r).items()`` and
 the server averages each into the same block of its tensor. Keys absent from the map (another

@@ -1,4 +1,5 @@
-"""Tables and figures regenerated from evaluation rows alone (DESIGN: files are the contract).
+"""Tables and figures regenerated from evaluation rows alone
+(docs/design.md#files-are-the-contract).
 
 Entry points: ``make_report(rows_glob, out, formats)`` (what ``python -m splitmix report`` runs),
 ``load_rows(glob)`` (rows + run config columns), ``build_table1(rows)`` and the figure builders in

@@ -21,6 +21,7 @@ from splitmix.errors import ConfigError
 from splitmix.report import figures as F
 from splitmix.report.load import load_rows, reference_methods
 from splitmix.report.outputs import save_figure
+from splitmix.report.rst import caption_file, write_caption, write_markdown_fragments
 from splitmix.report.tables import build_table1, to_csv, to_latex, to_markdown
 
 FORMATS = ("png", "pdf", "svg")
@@ -70,7 +71,8 @@ def select_methods(rows: pd.DataFrame, patterns: list[str] | None) -> pd.DataFra
 def _old_figure_files(out: Path) -> set[str]:
     try:
         old = json.loads((out / MANIFEST).read_text())
-        return {f for entry in old.get("figures", []) for f in entry.get("files", [])}
+        entries = old.get("figures", [])
+        return {f for e in entries for f in [*e.get("files", []), e.get("caption_file")] if f}
     except (OSError, ValueError, AttributeError):
         return set()
 
@@ -110,14 +112,18 @@ def make_report(
                     report.skipped.append((result.name, result.reason))
                     continue
                 files = save_figure(result.fig, out / result.name, formats)
+                # the caption snakemake --report shows beside this figure (workflow/report/)
+                write_caption(out / result.name, result.caption, files)
                 report.made.append((result.name, files, result.caption))
     _write_manifest(out, report, rows_glob)
+    write_markdown_fragments(out)  # last: every table written above gets its fragment
     return report
 
 
 def _write_manifest(out: Path, report: Report, rows_glob: str | list[str]) -> None:
     old = _old_figure_files(out)
     new = {p.name for _, files, _ in report.made for p in files}
+    new |= {caption_file(name) for name, _, _ in report.made}
     for stale in sorted(old - new):
         path = out / stale
         if path.parent == out and path.is_file():  # only files an earlier report wrote here
@@ -126,7 +132,12 @@ def _write_manifest(out: Path, report: Report, rows_glob: str | list[str]) -> No
         "rows": rows_glob,
         "tables": [{"name": "table1", "files": list(TABLE_FILES), "caption": TABLE_CAPTION}],
         "figures": [
-            {"name": name, "files": [p.name for p in files], "caption": caption}
+            {
+                "name": name,
+                "files": [p.name for p in files],
+                "caption": caption,
+                "caption_file": caption_file(name),
+            }
             for name, files, caption in report.made
         ],
         "skipped": [{"name": n, "reason": r} for n, r in report.skipped],

@@ -1,4 +1,4 @@
-"""Figures from evaluation rows (REFERENCE 8): one builder per kind of figure.
+"""Figures from evaluation rows (docs/paper.md#figures): one builder per kind of figure.
 
 Every builder takes the loaded rows (with run config columns, see ``load.py``) and returns, per
 task (dataset x split), either a drawn figure with its caption or the reason it was skipped, so
@@ -21,9 +21,13 @@ import matplotlib as mpl
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import Bbox
 
 from splitmix.report.load import (
     RUN_KEYS,
@@ -150,6 +154,104 @@ def _errorband(ax: Any, x: Any, mean: Any, std: Any, color: Any) -> None:
         ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.18, linewidth=0)
 
 
+# ---- point labels that do not overlap -----------------------------------------------------------
+@dataclass
+class PointLabel:
+    x: float  # data coordinates of the labelled point
+    y: float
+    text: str
+    color: Any = "0.25"
+
+
+LABEL_GAPS = (4.0, 9.0, 16.0, 26.0)  # pixels between a point and its label, nearest first
+MARKER_HALF = 5.0  # pixels around a marker that a label must not cover
+
+
+def _candidates(w: float, h: float) -> list[tuple[float, float]]:
+    """Lower-left corners of a w x h label relative to its point, nearest and most readable first
+    (right, then left, above, below, then the diagonals)."""
+    out = []
+    for r in LABEL_GAPS:
+        out += [(r, -h / 2), (-r - w, -h / 2), (-w / 2, r), (-w / 2, -r - h),
+                (r, r / 2), (r, -r / 2 - h), (-r - w, r / 2), (-r - w, -r / 2 - h)]  # fmt: skip
+    return out
+
+
+def _segment_samples(ax: Any, step: float = 6.0) -> np.ndarray:
+    """Pixel positions along every plotted line and error bar, so labels avoid crossing them."""
+    paths = [np.column_stack(line.get_data()).astype(float) for line in ax.get_lines()]
+    for coll in ax.collections:
+        if isinstance(coll, LineCollection):  # error bars
+            paths += [np.asarray(seg, dtype=float) for seg in coll.get_segments()]
+    pts = []
+    for path in paths:
+        xy = ax.transData.transform(path) if len(path) else path.reshape(0, 2)
+        xy = xy[np.isfinite(xy).all(axis=1)]
+        for a, b in zip(xy[:-1], xy[1:], strict=True):
+            n = max(2, int(np.hypot(*(b - a)) / step))
+            pts.append(a + np.linspace(0, 1, n)[:, None] * (b - a))
+    return np.vstack(pts) if pts else np.empty((0, 2))
+
+
+def _overlap(a: Bbox, b: Bbox) -> float:
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(0.0, w) * max(0.0, h)
+
+
+def place_labels(fig: Figure, ax: Any, labels: list[PointLabel], fontsize: float = 7) -> list[Any]:
+    """Annotate points so that no two labels overlap and no label covers a marker or a curve.
+
+    Greedy: each label takes the nearest candidate position (around its point) of least cost;
+    labels of the same text at practically the same point (methods sharing a cost) are drawn once.
+    The figure is laid out first so pixel distances are those of the saved figure; the labels are
+    kept out of the layout so placing them cannot move the axes they were measured against.
+    """
+    if not labels:
+        return []
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    points = ax.transData.transform([(lb.x, lb.y) for lb in labels])
+    curves = _segment_samples(ax)
+    markers = [Bbox.from_bounds(px - MARKER_HALF, py - MARKER_HALF, 2 * MARKER_HALF,
+                                2 * MARKER_HALF) for px, py in points]  # fmt: skip
+    placed: list[Bbox] = []
+    kept: list[tuple[str, np.ndarray]] = []
+    artists = []
+    for lb, (px, py) in zip(labels, points, strict=True):
+        here = np.array([px, py])
+        if any(t == lb.text and np.hypot(*(p - here)) < 2 * MARKER_HALF for t, p in kept):
+            continue
+        kept.append((lb.text, here))
+        probe = ax.text(0, 0, lb.text, fontsize=fontsize)
+        ext = probe.get_window_extent(renderer)
+        probe.remove()
+        best, best_cost = None, math.inf
+        for rank, (dx, dy) in enumerate(_candidates(ext.width, ext.height)):
+            box = Bbox.from_bounds(px + dx, py + dy, ext.width, ext.height)
+            inside = _overlap(box, frame) / (ext.width * ext.height)
+            cost = 1e4 * sum(_overlap(box, p) for p in placed)
+            cost += 1e3 * sum(_overlap(box, m) for m in markers)
+            if len(curves):
+                hit = ((curves[:, 0] > box.x0) & (curves[:, 0] < box.x1)
+                       & (curves[:, 1] > box.y0) & (curves[:, 1] < box.y1))  # fmt: skip
+                cost += 50.0 * hit.sum()
+            cost += 1e6 * (1.0 - inside) + rank  # nearer candidates win ties
+            if cost < best_cost:
+                best, best_cost = (dx, dy, box), cost
+        dx, dy, box = best
+        placed.append(box)
+        to_pt = 72.0 / fig.dpi  # points survive saving at another dpi, pixels would not
+        artist = ax.annotate(lb.text, (lb.x, lb.y), xytext=(dx * to_pt, dy * to_pt),
+                             textcoords="offset points", ha="left", va="bottom",
+                             fontsize=fontsize, color=lb.color, annotation_clip=False)  # fmt: skip
+        artist.set_in_layout(False)
+        artists.append(artist)
+    return artists
+
+
 # ---- convergence --------------------------------------------------------------------------------
 def convergence(rows: pd.DataFrame) -> list[Result]:
     """Validation accuracy vs round, one panel per method, one curve per width (Figs 1, 4, 13)."""
@@ -171,6 +273,7 @@ def convergence(rows: pd.DataFrame) -> list[Result]:
                 _errorband(ax, s["round"], 100 * s["mean"], 100 * s["std"], wcol[w])
             ax.set_title(col)
             ax.set_xlabel("round")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
         axes[0].set_ylabel("validation accuracy [%]")
         _legend(fig, [_line(wcol[w], width_label(w)) for w in sorted(wcol)], "width")
         fig.suptitle(f"Convergence: {dataset} / {split}")
@@ -364,20 +467,26 @@ def flops_accuracy(rows: pd.DataFrame) -> list[Result]:
         stats = stats.reset_index()
         fig, axes = _panels(1, size=(5.6, 3.8))
         ax = axes[0]
+        shared = _shared_costs(stats)
+        labels = []
         for col in column_order(g):
             s = stats[stats["column"] == col].sort_values("cost")
             ax.plot(s["cost"], 100 * s["mean"], color=colors[col], lw=1.4, label=col)
             ax.errorbar(s["cost"], 100 * s["mean"], yerr=100 * s["std"].fillna(0), fmt="none",
                         ecolor=colors[col], elinewidth=0.9, capsize=2)  # fmt: skip
-            for _, p in s.iterrows():
-                ax.annotate(width_label(p["width"]), (p["cost"], 100 * p["mean"]), fontsize=7,
-                            textcoords="offset points", xytext=(5, -9), color="0.3")  # fmt: skip
+            labels += [PointLabel(p["cost"], 100 * p["mean"], width_label(p["width"]), "0.3")
+                       for _, p in s.iterrows() if p["width"] not in shared]  # fmt: skip
             for filled, part in ((True, s[~s["viol"]]), (False, s[s["viol"]])):
                 ax.scatter(part["cost"], 100 * part["mean"], s=36, zorder=3,
                            facecolors=colors[col] if filled else "white",
                            edgecolors=colors[col], linewidths=1.3)  # fmt: skip
         ax.set_xscale("log")
         ax.margins(x=0.08)  # room for the width labels of the end points
+        if shared:
+            top = ax.secondary_xaxis("top")
+            top.set_xticks(list(shared.values()), [width_label(w) for w in shared])
+            top.minorticks_off()
+            top.set_xlabel("width (same cost for every method)", fontsize=8)
         ax.set_xlabel(cost_label)
         ax.set_ylabel(ACC_LABEL)
         handles = [_line(colors[c], c, marker="o") for c in column_order(g)]
@@ -386,6 +495,7 @@ def flops_accuracy(rows: pd.DataFrame) -> list[Result]:
                                  markerfacecolor="white"))  # fmt: skip
         _legend(fig, handles, "method")
         ax.set_title(f"Accuracy vs cost: {dataset} / {split}")
+        place_labels(fig, ax, labels)
         out.append(
             Made(
                 _slug("flops_accuracy", dataset, split),
@@ -396,6 +506,21 @@ def flops_accuracy(rows: pd.DataFrame) -> list[Result]:
                 "smallest client budget.",
             )
         )
+    return out
+
+
+def _shared_costs(stats: pd.DataFrame, rel: float = 0.02) -> dict[float, float]:
+    """Widths at which every method has the same cost (within ``rel``), with that cost.
+
+    Such a width is named once on a top axis instead of once per method: dense and slimmable
+    models of one width cost the same, and four identical labels on one vertical line are
+    unreadable. Widths where methods differ (Split-Mix's ensembles) keep a label per point.
+    """
+    out = {}
+    for w, s in stats.groupby("width"):
+        lo, hi = s["cost"].min(), s["cost"].max()
+        if len(s) > 1 and hi <= lo * (1 + rel):
+            out[float(w)] = float(s["cost"].mean())
     return out
 
 
@@ -441,6 +566,7 @@ def ra_sa(rows: pd.DataFrame) -> list[Result]:
         fig, axes = _panels(1, size=(5.6, 4.2))
         ax = axes[0]
         handles = []
+        labels: list[PointLabel] = []
         # single BN: one point per run (training lambda), joined per (algorithm, width)
         single = g[~g["dual"]].copy()
         if not single.empty:
@@ -453,9 +579,8 @@ def ra_sa(rows: pd.DataFrame) -> list[Result]:
                 color = colors.get(alg, colors.get(column_name(f"{alg}_x{w:g}", alg), "0.3"))
                 mk = next(markers, "o")
                 ax.plot(100 * s["sa"], 100 * s["ra"], ls="--", lw=1, color=color, marker=mk)
-                for _, p in s.iterrows():
-                    ax.annotate(f"λ={p['train']:g}", (100 * p["sa"], 100 * p["ra"]),
-                                textcoords="offset points", xytext=(4, 4), fontsize=7)  # fmt: skip
+                labels += [PointLabel(100 * p["sa"], 100 * p["ra"], f"λ={p['train']:g}", color)
+                           for _, p in s.iterrows()]  # fmt: skip
                 handles.append(_line(color, f"{alg} {width_label(w)} (AT, one run per λ)",
                                      ls="--", marker=mk))  # fmt: skip
         # dual BN: a curve over the test lambda at the widest width of each method
@@ -465,9 +590,8 @@ def ra_sa(rows: pd.DataFrame) -> list[Result]:
             s = s.groupby("lam").agg(sa=("sa", "mean"), ra=("ra", "mean")).reset_index()
             w = dual[dual["column"] == col]["width"].max()
             ax.plot(100 * s["sa"], 100 * s["ra"], lw=1.8, color=colors[col], marker="*", ms=9)
-            for _, p in s.iterrows():
-                ax.annotate(f"λ={p['lam']:g}", (100 * p["sa"], 100 * p["ra"]),
-                            textcoords="offset points", xytext=(4, -10), fontsize=7)  # fmt: skip
+            labels += [PointLabel(100 * p["sa"], 100 * p["ra"], f"λ={p['lam']:g}", colors[col])
+                       for _, p in s.iterrows()]  # fmt: skip
             handles.append(_line(colors[col], f"{col} {width_label(w)} (dual BN, test λ)",
                                  marker="*", ms=9))  # fmt: skip
         ax.set_xlabel("standard accuracy SA [%]")
@@ -475,6 +599,7 @@ def ra_sa(rows: pd.DataFrame) -> list[Result]:
         ax.set_title(f"RA–SA trade-off: {dataset} / {split}")
         ax.margins(0.12)
         _legend(fig, handles)
+        place_labels(fig, ax, labels)
         out.append(
             Made(
                 _slug("ra_sa", dataset, split),

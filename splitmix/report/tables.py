@@ -1,4 +1,4 @@
-"""Table 1: accuracy, MACs and parameters per width, per method and task (REFERENCE 8).
+"""Table 1: accuracy, MACs and parameters per width, per method and task (docs/paper.md#figures).
 
 Accuracy is the mean +- sample standard deviation (ddof=1) over seeds of the unweighted mean over
 clients of the test accuracy; MACs (per sample) and parameters are model-level rows averaged over

@@ -1,4 +1,4 @@
-"""Budget strings and their assignment to clients (REFERENCE 4)."""
+"""Budget strings and their assignment to clients (docs/paper.md#budgets)."""
 
 from __future__ import annotations
 

@@ -154,7 +154,7 @@ def _bundle_missing() -> str | None:
     from splitmix.data.bundle import BUNDLE_DIR
 
     if not (BUNDLE_DIR / "digits-mini" / "provenance.json").is_file():
-        return "digits-mini bundle not built (python -m splitmix data bundle --from ../shared/data)"
+        return "digits-mini bundle not built (python -m splitmix data bundle --from MIRROR)"
     return None
 
 

@@ -26,7 +26,7 @@ from .fixtures import (
     write_svhn_mat,
 )
 
-# MNIST label histograms of the official train and t10k files (shared/data/README.md)
+# MNIST label histograms of the official train and t10k files (as the offline mirror's README lists them)
 MNIST_TOTAL = np.array([5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]) + np.array(
     [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 )

@@ -16,7 +16,8 @@ def conv_macs(cin: int, cout: int, k: int, hout: int) -> int:
 
 
 def digit_macs(w: float) -> int:
-    """REFERENCE 2.1: three 5x5 convs (28x28, then 14x14 and 7x7 after 2x2 pools), three FCs."""
+    """docs/paper.md#digitmodel: three 5x5 convs (28x28, then 14x14 and 7x7 after 2x2 pools), three
+    FCs."""
     c1, c2, c3, f1, f2 = (int(w * c) for c in (64, 64, 128, 2048, 512))
     convs = conv_macs(3, c1, 5, 28) + conv_macs(c1, c2, 5, 14) + conv_macs(c2, c3, 5, 7)
     fcs = c3 * 7 * 7 * f1 + f1 * f2 + f2 * 10
@@ -33,8 +34,8 @@ def digit_params(w: float) -> tuple[int, list[int]]:
 
 
 def preresnet_macs(w: float) -> int:
-    """REFERENCE 2.3 on 32x32: stem 3x3 conv; per stage two blocks of two 3x3 convs, the first
-    block of stages 2-4 with stride 2 and a 1x1 shortcut conv; linear 512w -> 10."""
+    """docs/paper.md#preresnet-18 on 32x32: stem 3x3 conv; per stage two blocks of two 3x3 convs,
+    the first block of stages 2-4 with stride 2 and a 1x1 shortcut conv; linear 512w -> 10."""
     hidden = [int(w * h) for h in (64, 128, 256, 512)]
     total = conv_macs(3, hidden[0], 3, 32)
     cin, size = hidden[0], 32

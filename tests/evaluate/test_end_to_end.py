@@ -33,7 +33,7 @@ METHODS = {
     "fedavg": {"algorithm": "fedavg", "method_params": {"width": 0.125}},
     "heterofl": {"algorithm": "heterofl"},
     "sheterofl": {"algorithm": "sheterofl"},
-    # one narrow base with dual BN, adversarially trained (REFERENCE 5)
+    # one narrow base with dual BN, adversarially trained (docs/paper.md#adversarial)
     "splitmix-dual": {
         "algorithm": "splitmix",
         "lr": 0.01,

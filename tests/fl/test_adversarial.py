@@ -1,4 +1,4 @@
-"""PGD helper and the adversarial-training loss (REFERENCE 5)."""
+"""PGD helper and the adversarial-training loss (docs/paper.md#adversarial)."""
 
 from __future__ import annotations
 

@@ -96,7 +96,7 @@ def test_heterofl_trains_only_the_budget_width_sheterofl_all_below() -> None:
     clients = list(range(8))
     het_plan = {t.client: t.widths for t in het.plan(0, clients, np.random.default_rng(0))}
     shet_plan = {t.client: t.widths for t in shet.plan(0, clients, np.random.default_rng(0))}
-    # 8-4-2-1 over 8 clients: two clients per budget, ascending by index (REFERENCE 4)
+    # 8-4-2-1 over 8 clients: two clients per budget, ascending by index (docs/paper.md#budgets)
     budgets = [0.125, 0.125, 0.25, 0.25, 0.5, 0.5, 1.0, 1.0]
     ladder = (0.125, 0.25, 0.5, 1.0)
     for k, b in enumerate(budgets):
@@ -107,7 +107,8 @@ def test_heterofl_trains_only_the_budget_width_sheterofl_all_below() -> None:
 
 # ---- communication ------------------------------------------------------------------------------
 def _digit_prefix_numel(r: float, tracked: bool) -> int:
-    """Entries of the width-r prefix of the slimmable DigitModel, by hand (REFERENCE 2.1)."""
+    """Entries of the width-r prefix of the slimmable DigitModel, by hand
+    (docs/paper.md#digitmodel)."""
     c1, c3 = math.ceil(64 * r), math.ceil(128 * r)
     f1, f2 = math.ceil(2048 * r), math.ceil(512 * r)
     bn = 4 if tracked else 2  # weight, bias (+ running mean, var)

@@ -1,4 +1,5 @@
-"""Masked cross-entropy (REFERENCE 1.0, 9.10): absent classes' logits are zeroed, not -inf."""
+"""Masked cross-entropy (docs/paper.md#federated-loop, #pitfalls): absent classes' logits are
+zeroed, not -inf."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Split-Mix ensemble of bases (REFERENCE 1.1): logit mean, width -> bases, independence."""
+"""Split-Mix ensemble of bases (docs/paper.md#split-mix): logit mean, width -> bases,
+independence."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Scaler, Split-Mix rescaled init and width arithmetic (REFERENCE 2.1, 2.4, 1.2)."""
+"""Scaler, Split-Mix rescaled init and width arithmetic (docs/paper.md#digitmodel, #rescaling,
+#heterofl)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""BN regimes, dual BN routing and mixing, and type-based local-state selection (REFERENCE 2.5,
-2.6, 10)."""
+"""BN regimes, dual BN routing and mixing, and type-based local-state selection
+(docs/paper.md#batch-norm, #dual-bn; docs/fidelity.md#local-bn)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Slimmable (HeteroFL-family) models: prefix sub-networks equal dense models of that width, the
-blocks each width uses, per-width tracked BN, and train-time division (REFERENCE 1.2, 2.5)."""
+blocks each width uses, per-width tracked BN, and train-time division (docs/paper.md#heterofl,
+#batch-norm)."""
 
 from __future__ import annotations
 

@@ -79,7 +79,7 @@ def client_names(dataset: str) -> list[tuple[str, str]]:
 
 
 def budgets_of(spec: Spec) -> list[float]:
-    """Budget per client by index (ascending contiguous groups, REFERENCE 4)."""
+    """Budget per client by index (ascending contiguous groups, docs/paper.md#budgets)."""
     if spec.budgets.startswith("ln"):
         ws = [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0]
     else:
