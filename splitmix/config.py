@@ -73,7 +73,7 @@ class RunConfig:
     budgets: str = "8-4-2-1"  # budget distribution string (REFERENCE 4)
     budget_assignment: str = "index"  # index (paper) | random (seeded)
     rounds: int = 300
-    local_epochs: int = 1  # wk_iters: local steps = ceil(n_train / batch_size) * local_epochs
+    local_epochs: int = 1  # wk_iters: local steps = engine.local_steps(n_train, batch_size, this)
     batch_size: int = 32
     test_batch_size: int = 128
     val_batch_size: int | None = None  # None = batch_size, as the original validates
