@@ -10,6 +10,17 @@ every width it trained); the server averages each entry over the clients that co
 clients alone shape the outer channels. Train and eval widths are the distinct widths of the
 budget string.
 
+Aggregation weight (``sheterofl``'s ``weighting`` parameter, docs/methods.md):
+
+* ``per_width`` (default, the original's): the original accumulator adds a client's upload once
+  per width it trained (``fed_hfl.py`` passes one zero shift per width, and every pass adds the
+  whole width-R_k prefix with weight w_k), so client k weighs ``w_k * len(widths)`` on every
+  entry it uploads. Wide clients dominate the shared inner channels; the paper's numbers come
+  from this rule.
+* ``per_client``: client k weighs ``w_k`` (HeteroFL's parameter-wise average).
+
+Either way the upload is one model on the wire: bytes count each entry once.
+
 Speed: a client that trains ONE width runs a dense model of that width holding exactly its blocks
 (HeteroFL's sub-model extraction). Training the full slimmable model at width 1/8 would compute
 full-size gradients and optimizer updates (zeros outside the block) - about 10x slower on a CPU.
@@ -32,11 +43,12 @@ from splitmix.data.budgets import parse_widths
 from splitmix.errors import ConfigError
 from splitmix.fl.adversarial import adversarial_loss
 from splitmix.fl.aggregate import Block
-from splitmix.fl.algorithm import FederationInfo, LossFn, Task, register
+from splitmix.fl.algorithm import FederationInfo, LossFn, Task, Update, register
 from splitmix.fl.base import ServerModelAlgorithm
 from splitmix.models import build_model, dense_state, prefix_blocks
 
 _TOL = 1e-9
+WEIGHTINGS = ("per_width", "per_client")
 
 
 def _match(width: float, widths: list[float]) -> float | None:
@@ -71,6 +83,20 @@ class HeteroFL(ServerModelAlgorithm):
         ]
         self._blocks: dict[tuple[float, ...], dict[str, Block]] = {}
         self._dense: dict[float, _Dense | None] = {}
+        self.weighting: str = self._check_weighting(self.p.get("weighting", "per_client"))
+
+    def _check_weighting(self, value: Any) -> str:
+        if value not in WEIGHTINGS:
+            raise ConfigError(
+                f"method {self.cfg.method!r}: weighting={value!r} is not one of "
+                f"{', '.join(WEIGHTINGS)}; use per_width (the original's) or per_client"
+            )
+        return str(value)
+
+    def contribution_weight(self, task: Task, weight: float) -> float:
+        """Aggregation weight of ``task``'s upload: the client weight, times the number of widths
+        it trained under ``per_width`` (the original adds the upload once per trained width)."""
+        return weight * len(task.widths) if self.weighting == "per_width" else weight
 
     def _widths_for(self, client: int, budget: float) -> tuple[float, ...]:
         top = _match(budget, self.widths)
@@ -185,6 +211,9 @@ class HeteroFL(ServerModelAlgorithm):
         return model.state_dict()
 
     # ---- the verbs ---------------------------------------------------------------------------
+    def aggregate(self, updates: list[tuple[Task, Update, float]]) -> None:
+        super().aggregate([(t, u, self.contribution_weight(t, w)) for t, u, w in updates])
+
     def plan(self, round_idx: int, clients: list[int], rng: np.random.Generator) -> list[Task]:
         return [Task(client=int(k), widths=self.client_widths[k]) for k in clients]
 
@@ -230,6 +259,7 @@ class HeteroFL(ServerModelAlgorithm):
             **super().describe(),
             "widths": list(self.widths),
             "train_all_widths": self.train_all_widths,
+            "weighting": self.weighting,
             "clients_per_budget": counts,
             "dense_stand_ins": sorted(w for w, d in self._dense.items() if d is not None),
         }
@@ -240,4 +270,5 @@ class SHeteroFL(HeteroFL):
     """SHeteroFL: each client trains every width up to its budget, losses summed."""
 
     name = "sheterofl"
+    params: ClassVar[dict[str, Any]] = {"weighting": "per_width"}
     train_all_widths = True

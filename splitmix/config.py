@@ -86,9 +86,10 @@ class RunConfig:
     budgets: str = "8-4-2-1"  # budget distribution string (docs/paper.md#budgets)
     budget_assignment: str = "index"  # index (paper) | random (seeded)
     rounds: int = 300
-    local_epochs: int = 1  # wk_iters: local steps = ceil(n_train / batch_size) * local_epochs
+    local_epochs: int = 1  # wk_iters: local steps = engine.local_steps(n_train, batch_size, this)
     batch_size: int = 32
     test_batch_size: int = 128
+    val_batch_size: int | None = None  # None = batch_size, as the original validates
     lr: float = 0.1
     lr_schedule: str = "cos"  # none | cos | multistep
     milestones: tuple[int, ...] = (150, 250)
@@ -104,6 +105,12 @@ class RunConfig:
     checkpoint_every: int = 10
     threads: int = 2
     device: str = "cpu"
+
+    @property
+    def val_batch(self) -> int:
+        """Batch size of validation (per-round selection, Split-Mix base sorting): the original
+        validates with its training loader, and batch-statistics BN makes accuracy depend on it."""
+        return self.batch_size if self.val_batch_size is None else self.val_batch_size
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

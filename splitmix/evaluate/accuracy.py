@@ -4,8 +4,10 @@ Batch size is part of the model's semantics where BN uses batch statistics at ev
 paper's default ``--no_track_stat``, our ``bn='batch'``, and HeteroFL's sliced BN): the output of
 a sample depends on the other samples of its batch, so such models are evaluated in batches of the
 run's ``test_batch_size`` (128 in the paper), last batch short, in stored order - exactly the
-original test loader. Models whose every BN uses running statistics compute each sample on its own,
-so they are evaluated in large batches (faster, same result).
+original test loader, except that a lone last sample joins the batch before it (the original
+crashes on a one-sample batch). Split-Mix's base sorting reads validation data in the run's
+validation batches (``RunConfig.val_batch``). Models whose every BN uses running statistics
+compute each sample on its own, so they are evaluated in large batches (faster, same result).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from splitmix.config import AdvConfig
 from splitmix.evaluate.fast import inference_model
 from splitmix.evaluate.robustness import adversarial_examples
+from splitmix.fl.engine import batch_spans
 from splitmix.models import SlimmableBatchNorm
 
 LARGE_BATCH = 1024
@@ -76,9 +79,10 @@ def client_accuracy(
     model.eval()
     model = inference_model(model)
     res = ClientAccuracy(robust=0 if attack is not None else None)
-    for start in range(0, int(y.shape[0]), batch_size):
-        xb = _to_unit(x[start : start + batch_size])
-        yb = y[start : start + batch_size]
+    # a lone last sample joins the batch before it (batch-statistics BN cannot normalise one)
+    for start, end in batch_spans(int(y.shape[0]), batch_size):
+        xb = _to_unit(x[start:end])
+        yb = y[start:end]
         with torch.inference_mode():
             res.correct += int((model(xb).argmax(1) == yb).sum())
         res.n += int(yb.shape[0])

@@ -178,7 +178,7 @@ def maybe_sort_bases(run: LoadedRun) -> list[int] | None:
     for i in range(int(alg.num_base)):
         per = []
         for c, model in _client_models(run, clients, partial(alg.assemble_bases, [i], lam)):
-            bs = eval_batch_size(model, cfg.test_batch_size)
+            bs = eval_batch_size(model, cfg.val_batch)  # validation data: validation batches
             per.append(client_accuracy(model, c.val_x, c.val_y, bs).acc)
         accs.append(sum(per) / len(per) if per else 0.0)
     return alg.sort_bases_by(accs)

@@ -71,10 +71,39 @@ def make_generator(seed: int, name: str, device: torch.device) -> torch.Generato
     return g
 
 
+def batch_spans(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """``(start, end)`` of the batches one pass over ``n`` samples is cut into: full batches, the
+    last one short, and a lone leftover sample joined to the batch before it.
+
+    Batch-norm with batch statistics cannot normalise one sample (the original code crashes on
+    such a batch) and dropping it would waste data, so ``n = 33, b = 32`` is ONE batch of 33.
+    Training (``batches``) and validation cut their batches with this one rule.
+    """
+    spans = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    if len(spans) > 1 and spans[-1][1] - spans[-1][0] == 1:
+        spans.pop()
+        spans[-1] = (spans[-1][0], n)
+    return spans
+
+
 def local_steps(n_train: int, batch_size: int, local_epochs: int) -> int:
-    """Mini-batch steps of one client per round: ``ceil(n / b) * epochs``
-    (docs/paper.md#pitfalls)."""
-    return math.ceil(n_train / batch_size) * local_epochs
+    """Mini-batch steps of one client per round: the batches of one pass times ``epochs``
+    (``ceil(n / b) * epochs`` as in the original, docs/paper.md#pitfalls, less one per epoch where a lone
+    leftover sample joins the batch before it): exactly what ``batches`` yields."""
+    return len(batch_spans(n_train, batch_size)) * local_epochs
+
+
+def check_train_sizes(fed: Federation) -> None:
+    """One-line error for a client too small to train: a step needs at least 2 samples for
+    batch-norm, and a client with none would contribute nothing yet keep its aggregation weight."""
+    for c in fed.clients:
+        n = int(c.train_y.shape[0])
+        if n < 2:
+            raise ConfigError(
+                f"client {c.name} (index {c.index}) has {n} training sample(s), local training "
+                "needs at least 2; use fewer clients (split_config.clients_per_domain), a larger "
+                "split_config.percent or a smaller split_config.val_ratio"
+            )
 
 
 def width_key(width: float) -> str:
@@ -109,24 +138,23 @@ def download_nbytes(algorithm: Algorithm, task: Task, model: nn.Module) -> int:
 
 
 def batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
-    """Yield ``steps`` index batches: a permutation cut into batches (last one may be short),
-    re-permuted whenever it is exhausted, like a shuffling DataLoader re-created when empty.
-
-    A lone leftover sample joins the batch before it: batch-norm cannot train on one sample
-    (the original code would crash on such a batch), and dropping it would waste data.
+    """Yield ``steps`` index batches: a permutation cut by ``batch_spans`` (last batch short, a
+    lone leftover sample joined to the batch before it), re-permuted whenever it is exhausted,
+    like a shuffling DataLoader re-created when empty. With ``steps = local_steps(...)`` every
+    sample is used exactly once per epoch.
     """
+    spans = batch_spans(n, batch_size)
+    if steps > 0 and not spans:
+        raise ValueError(f"cannot draw {steps} batches from {n} samples")
     perm = torch.randperm(n, generator=generator)
-    pos = 0
+    i = 0
     for _ in range(steps):
-        if pos >= n:
+        if i == len(spans):
             perm = torch.randperm(n, generator=generator)
-            pos = 0
-        end = pos + batch_size
-        if n - end == 1:
-            end = n
-        idx = perm[pos:end]
-        pos = end
-        yield idx
+            i = 0
+        start, end = spans[i]
+        i += 1
+        yield perm[start:end]
 
 
 # ---- validation ---------------------------------------------------------------------------------
@@ -153,9 +181,9 @@ def _eval_clean(
 ) -> ClientEval:
     res = ClientEval()
     with torch.no_grad():
-        for start in range(0, int(y.shape[0]), bs):
-            xb = x_u8[start : start + bs].float().div_(255)
-            yb = y[start : start + bs]
+        for start, end in batch_spans(int(y.shape[0]), bs):
+            xb = x_u8[start:end].float().div_(255)
+            yb = y[start:end]
             out = model(xb)
             res.loss_sum += float(loss_fn(out, yb)) * yb.shape[0]
             res.correct += int((out.argmax(1) == yb).sum())
@@ -167,9 +195,9 @@ def _eval_robust(model: nn.Module, x_u8: torch.Tensor, y: torch.Tensor, bs: int,
     from splitmix.fl.adversarial import pgd  # lazy: only adversarial runs need torchattacks
 
     robust = 0
-    for start in range(0, int(y.shape[0]), bs):
-        xb = x_u8[start : start + bs].float().div_(255)
-        yb = y[start : start + bs]
+    for start, end in batch_spans(int(y.shape[0]), bs):
+        xb = x_u8[start:end].float().div_(255)
+        yb = y[start:end]
         x_adv = pgd(model, xb, yb, adv)
         with torch.no_grad():
             robust += int((model(x_adv).argmax(1) == yb).sum())
@@ -185,6 +213,7 @@ class _Run:
         self.out = Path(out_dir)
         self.progress = progress
         self.device = torch.device(cfg.device)
+        check_train_sizes(fed)
         self.fed = _to_device(fed, self.device)
         self.hash = cfg.config_hash()
         self.loss_fn = make_loss(use_masked_loss(cfg.masked_loss, cfg.split_config.kind))
@@ -338,8 +367,13 @@ class _Run:
 
     def validate(self, r: int) -> dict[str, float]:
         """Every client's val set at every width: mean accuracy/loss (and RA) over clients, and
-        the selection metric = mean over clients of the widest width's (1-lam)SA + lam RA."""
+        the selection metric = mean over clients of the widest width's (1-lam)SA + lam RA.
+
+        Batches of ``cfg.val_batch`` (the training batch size unless set), as the original
+        validates with its training loader's batch size: with batch-statistics BN the accuracy
+        depends on it, and so do the best round and Split-Mix's base order."""
         cfg, alg = self.cfg, self.algorithm
+        bs = cfg.val_batch
         torch.manual_seed(derived_seed(cfg.seed, f"val/{r}"))  # PGD random starts
         lam_clean = 0.0 if self.adv else None
         per: dict[float, list[ClientEval]] = {w: [] for w in self.widths}
@@ -349,15 +383,11 @@ class _Run:
             for w in self.widths:
                 model = alg.assemble(w, lam_clean, client.index)
                 model.eval()
-                res = _eval_clean(
-                    model, client.val_x, client.val_y, cfg.test_batch_size, self.loss_fn
-                )
+                res = _eval_clean(model, client.val_x, client.val_y, bs, self.loss_fn)
                 if self.adv:
                     model = alg.assemble(w, 1.0, client.index)
                     model.eval()
-                    res.robust = _eval_robust(
-                        model, client.val_x, client.val_y, cfg.test_batch_size, cfg.adv
-                    )
+                    res.robust = _eval_robust(model, client.val_x, client.val_y, bs, cfg.adv)
                 per[w].append(res)
         if not per[self.widths[0]]:
             raise ConfigError(

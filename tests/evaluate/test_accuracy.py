@@ -64,6 +64,20 @@ def test_batch_bn_accuracy_equals_the_paper_loader_batch_by_batch():
     assert (got.n, got.correct) == (23, want)
 
 
+def test_a_lone_last_sample_joins_the_batch_before_it():
+    """21 = 4 * 5 + 1: batch BN cannot normalise one sample (the original crashes), so the last
+    batch is 5 + 1 = 6 samples."""
+    model = _mlp(nn.BatchNorm1d(16, track_running_stats=False)).eval()
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(21, 1, 4, 4, generator=g)
+    y = torch.randint(0, 2, (21,), generator=g)
+    got = client_accuracy(model, x, y, 5)
+    with torch.no_grad():  # batches 5, 5, 5, 6
+        spans = [(0, 5), (5, 10), (10, 15), (15, 21)]
+        want = sum(int((model(x[i:j]).argmax(1) == y[i:j]).sum()) for i, j in spans)
+    assert (got.n, got.correct) == (21, want)
+
+
 def test_tracked_bn_accuracy_does_not_depend_on_batch_size():
     model = build_model("digit", width=0.125, norm="tracked").eval()
     x, y = _images(40)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from splitmix.config import RunConfig
 from splitmix.data.budgets import assign_budgets
 from splitmix.data.clients import Client, Federation
+from splitmix.evaluate.accuracy import client_accuracy
 from splitmix.evaluate.run import LoadedRun, _client_results, maybe_sort_bases
 from splitmix.fl.algorithm import FederationInfo, get_algorithm
 
@@ -80,6 +83,27 @@ def test_sort_bases_puts_the_base_of_best_validation_accuracy_first():
     plain = _run(fed)  # sort_bases off: no sorting, width 1/8 is base 0
     assert maybe_sort_bases(plain) is None
     assert all(r.acc < 1.0 for r in _client_results(plain, 0.125, None, None, 1024).values())
+
+
+@pytest.mark.parametrize(("val_batch_size", "expected"), [(None, 32), (7, 7)])
+def test_sort_bases_validates_in_validation_batches(monkeypatch, val_batch_size, expected):
+    """Base sorting reads validation data in the run's validation batches (training batch size
+    32 unless val_batch_size is set), not test_batch_size (128): with batch BN they differ."""
+    import splitmix.evaluate.run as evaluate_run
+
+    fed = _federation(n_val=40)
+    run = _run(fed, sort_bases=True)
+    run.cfg = dataclasses.replace(run.cfg, val_batch_size=val_batch_size)
+    used = []
+
+    def spy(model, x, y, batch_size, attack=None):
+        used.append(batch_size)
+        return client_accuracy(model, x, y, batch_size, attack)
+
+    monkeypatch.setattr(evaluate_run, "client_accuracy", spy)
+    maybe_sort_bases(run)
+    assert used == [expected] * 4  # 2 bases x 2 clients
+    assert run.cfg.test_batch_size == 128
 
 
 def test_local_bn_evaluates_each_client_with_its_own_bn():

@@ -10,8 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from splitmix.errors import ConfigError
 from splitmix.fl.checkpoint import load_checkpoint
-from splitmix.fl.engine import batches, local_steps, run_training
+from splitmix.fl.engine import batch_spans, batches, local_steps, run_training
 from splitmix.fl.losses import masked_cross_entropy
 from splitmix.fl.sampling import sample_clients
 
@@ -29,7 +30,7 @@ def straight(tmp_path_factory):
 
 def test_lone_leftover_sample_joins_the_previous_batch():
     g = torch.Generator().manual_seed(0)
-    got = list(batches(9, 4, 2, g))
+    got = list(batches(9, 4, local_steps(9, 4, 1), g))
     assert [len(b) for b in got] == [4, 5]  # never a batch of one (BN cannot train on it)
     assert sorted(torch.cat(got).tolist()) == list(range(9))
 
@@ -43,20 +44,66 @@ def test_batches_cover_each_epoch_then_repermute():
     assert torch.cat(got[0:3]).tolist() != torch.cat(got[3:6]).tolist()
 
 
+def test_n33_b32_is_one_step_of_33_per_epoch():
+    assert batch_spans(33, 32) == [(0, 33)]
+    assert local_steps(33, 32, 1) == 1  # not ceil(33/32) = 2: that was an extra pass per round
+    got = list(batches(33, 32, local_steps(33, 32, 1), torch.Generator().manual_seed(0)))
+    assert [len(b) for b in got] == [33]
+    assert sorted(got[0].tolist()) == list(range(33))
+
+
+def test_n65_b32_two_epochs_each_sample_once_per_epoch():
+    assert batch_spans(65, 32) == [(0, 32), (32, 65)]
+    steps = local_steps(65, 32, 2)
+    assert steps == 4
+    got = list(batches(65, 32, steps, torch.Generator().manual_seed(0)))
+    assert [len(b) for b in got] == [32, 33, 32, 33]
+    for epoch in (got[0:2], got[2:4]):
+        assert sorted(torch.cat(epoch).tolist()) == list(range(65))
+
+
+@pytest.mark.parametrize("b", [2, 3, 8, 32])
+def test_local_steps_is_what_batches_yields(b):
+    """For every size: the step count is the number of batches, every sample is used exactly once
+    per epoch, and no batch has one sample."""
+    for n in range(2, 3 * b + 3):
+        for epochs in (1, 2):
+            steps = local_steps(n, b, epochs)
+            got = list(batches(n, b, steps, torch.Generator().manual_seed(n)))
+            assert len(got) == steps
+            assert min(len(x) for x in got) >= 2, (n, b)
+            per_epoch = steps // epochs
+            for e in range(epochs):
+                epoch = torch.cat(got[e * per_epoch : (e + 1) * per_epoch])
+                assert sorted(epoch.tolist()) == list(range(n)), (n, b, e)
+
+
 def test_local_steps_formula():
     assert local_steps(37, 8, 1) == 5
     assert local_steps(40, 8, 3) == 15
+    assert local_steps(41, 8, 3) == 15  # 41 = 4*8 + 9: the lone 41st sample joins batch 5
     assert local_steps(1, 32, 2) == 2
 
 
 def test_step_count_per_client_round(tmp_path):
-    fed = toy_federation()
+    fed = toy_federation()  # 37, 20, 50, 9 training samples, batch 8
     run_training(toy_config(rounds=2, local_epochs=2), tmp_path, federation=fed, progress=False)
     steps = ToyLinear.last.steps
-    expected = {
-        (r, c.index): math.ceil(len(c.train_y) / 8) * 2 for r in range(2) for c in fed.clients
-    }
+    per_epoch = {37: 5, 20: 3, 50: 7, 9: 1}  # 9 = 8 + a lone sample: one batch of 9
+    expected = {(r, c.index): per_epoch[len(c.train_y)] * 2 for r in range(2) for c in fed.clients}
     assert dict(steps) == expected
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_client_with_fewer_than_two_samples_is_a_config_error(tmp_path, n):
+    fed = toy_federation(n_train=(37, 20, n))
+    with pytest.raises(ConfigError) as err:
+        run_training(toy_config(), tmp_path / "out", federation=fed, progress=False)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert f"client toy-2 (index 2) has {n} training sample(s)" in msg
+    assert "fewer clients" in msg and "percent" in msg and "val_ratio" in msg
+    assert not (tmp_path / "out").exists()  # nothing written
 
 
 def test_fresh_optimizer_every_client_round(straight):
@@ -73,8 +120,9 @@ def test_training_learns(straight):
     assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[0]
 
 
-def _val_by_hand(state, fed, keep_frac, loss_fn, bs):
-    """Mean over clients of val accuracy/loss of the toy's width-``keep_frac`` model."""
+def _val_by_hand(state, fed, keep_frac, loss_fn, spans):
+    """Mean over clients of val accuracy/loss of the toy's width-``keep_frac`` model, the loss
+    taken batch by batch over ``spans`` (``(start, end)`` per batch, written out by the caller)."""
     dim = state["weight"].shape[1]
     keep = math.ceil(keep_frac * dim)
     accs, losses = [], []
@@ -83,29 +131,51 @@ def _val_by_hand(state, fed, keep_frac, loss_fn, bs):
         x[:, keep:] = 0
         logits = x @ state["weight"].T + state["bias"]
         accs.append((logits.argmax(1) == c.val_y).float().mean().item())
-        parts = [
-            loss_fn(logits[i : i + bs], c.val_y[i : i + bs]).item() * len(c.val_y[i : i + bs])
-            for i in range(0, len(c.val_y), bs)
-        ]
+        parts = [loss_fn(logits[i:j], c.val_y[i:j]).item() * (j - i) for i, j in spans]
+        assert sum(j - i for i, j in spans) == len(c.val_y)
         losses.append(sum(parts) / len(c.val_y))
     return sum(accs) / len(accs), sum(losses) / len(losses)
 
 
 @pytest.mark.parametrize("masked", [False, True])
 def test_validation_every_client_and_width(tmp_path, masked):
-    fed = toy_federation()
-    cfg = toy_config(rounds=3, masked_loss=masked, test_batch_size=5)
+    fed = toy_federation()  # 16 val samples per client
+    cfg = toy_config(rounds=3, masked_loss=masked, test_batch_size=5)  # batch_size 8
     run_training(cfg, tmp_path, federation=fed, progress=False)
     state = load_checkpoint(tmp_path / "checkpoint.pt")["algorithm"]
     last = pd.read_csv(tmp_path / "log.csv").iloc[-1]
     loss_fn = masked_cross_entropy if masked else F.cross_entropy
     for width in (0.25, 1.0):
-        acc, loss = _val_by_hand(state, fed, width, loss_fn, bs=5)
+        acc, loss = _val_by_hand(state, fed, width, loss_fn, [(0, 8), (8, 16)])
         key = f"{width:g}"
         assert last[f"val_acc@{key}"] == pytest.approx(acc, abs=1e-9)
         assert last[f"val_loss@{key}"] == pytest.approx(loss, rel=1e-5)
     assert last["metric"] == last["val_acc@1"]  # no AT: metric = widest width's accuracy
     assert last["val_acc@0.25"] != last["val_acc@1"]
+
+
+@pytest.mark.parametrize(
+    ("val_batch_size", "n_val", "spans"),
+    [
+        (None, 17, [(0, 8), (8, 17)]),  # training batch size 8; the lone 17th joins batch 2
+        (6, 16, [(0, 6), (6, 12), (12, 16)]),
+    ],
+)
+def test_validation_uses_the_validation_batch_size(tmp_path, val_batch_size, n_val, spans):
+    """The masked loss depends on which samples share a batch, so the logged loss tells the
+    batches validation used: the training batch size by default (the original validates with its
+    training loader), ``val_batch_size`` when set, never ``test_batch_size``."""
+    fed = toy_federation(n_val=n_val)
+    cfg = toy_config(rounds=1, masked_loss=True, val_batch_size=val_batch_size)
+    assert cfg.val_batch == (val_batch_size or cfg.batch_size)
+    run_training(cfg, tmp_path, federation=fed, progress=False)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")["algorithm"]
+    logged = pd.read_csv(tmp_path / "log.csv").iloc[-1]["val_loss@1"]
+    _, loss = _val_by_hand(state, fed, 1.0, masked_cross_entropy, spans)
+    assert logged == pytest.approx(loss, rel=1e-5)
+    test_spans = [(0, 16), (16, n_val)] if n_val > 16 else [(0, 16)]  # test_batch_size 16
+    _, other = _val_by_hand(state, fed, 1.0, masked_cross_entropy, test_spans)
+    assert logged != pytest.approx(other, rel=1e-5)
 
 
 def test_log_columns_and_eval_every(tmp_path):
@@ -132,7 +202,7 @@ def test_best_checkpoint_is_argmax_round(straight):
     assert best["metric"] == pytest.approx(log["metric"].max())
     # best.pt holds the model of that round: its val accuracy recomputed equals the logged one
     fed = toy_federation()
-    acc, _ = _val_by_hand(best["algorithm"], fed, 1.0, F.cross_entropy, bs=16)
+    acc, _ = _val_by_hand(best["algorithm"], fed, 1.0, F.cross_entropy, [(0, 16)])
     assert acc == pytest.approx(log["val_acc@1"].iloc[best["round"]])
 
 
@@ -160,7 +230,7 @@ def test_partial_participation(tmp_path):
     assert (pd.read_csv(tmp_path / "log.csv")["n_clients"] == 2).all()
     # validation still covers every client: recompute from the final state
     state = load_checkpoint(tmp_path / "checkpoint.pt")["algorithm"]
-    acc, _ = _val_by_hand(state, fed, 1.0, F.cross_entropy, bs=16)
+    acc, _ = _val_by_hand(state, fed, 1.0, F.cross_entropy, [(0, 16)])
     assert pd.read_csv(tmp_path / "log.csv")["val_acc@1"].iloc[-1] == pytest.approx(acc)
 
 

@@ -123,6 +123,9 @@ sys.path.insert(0, {tests!r})
 import splitmix.data.federation as federation
 from fl.toy import ToyLinear, toy_federation
 federation.build_federation = lambda cfg: toy_federation()
+# the toy dataset and model are test-only names that run-config validation rightly refuses
+import splitmix.experiment as experiment
+experiment.validate_run = lambda cfg, source="", check_device=True: cfg
 aggregate = ToyLinear.aggregate
 def slow_aggregate(self, updates):
     time.sleep(0.08)
@@ -193,8 +196,11 @@ def _cli(argv: list[str]) -> int:
 
 def test_cli_set_resume_mismatch_and_restart(tmp_path, monkeypatch, capsys):
     import splitmix.data.federation as federation
+    import splitmix.experiment as experiment
 
     monkeypatch.setattr(federation, "build_federation", lambda cfg: toy_federation())
+    # the toy dataset and model are test-only names that run-config validation rightly refuses
+    monkeypatch.setattr(experiment, "validate_run", lambda cfg, source="", check_device=True: cfg)
     config = tmp_path / "exp.yaml"
     config.write_text(EXPERIMENT)
     out = tmp_path / "out"
