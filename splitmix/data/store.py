@@ -502,14 +502,17 @@ def describe(
     mirror: PathArg = None,
     size: int | None = None,
 ) -> tuple[str, str]:
-    """(status, what is missing), cheaply: existence checks only, no checksums, no reading."""
+    """(status, what is missing or wrong), cheaply: existence and header checks, no checksums."""
     spec = get_dataset(dataset)
     check_domain(dataset, domain)
     if spec.bundled:
         return "bundled", ""
     size = size or default_size(dataset)
     if (prepared_dir(dataset, domain, size, root) / MANIFEST).is_file():
-        return "prepared", ""
+        problem = prepared_problem(dataset, domain, size, root)
+        if problem is None:
+            return "prepared", ""
+        return "damaged", f"{problem}; run `{prepare_command(dataset, domain, size)}`"
     raw, mir = raw_dir(root), resolve_mirror(mirror)
     cands = recipes(dataset, domain)
     where = [[available(get_file(rel), raw, mir) for rel in r.files] for r in cands]
@@ -532,5 +535,5 @@ def status(
     mirror: PathArg = None,
     size: int | None = None,
 ) -> str:
-    """One of bundled | prepared | raw present | in mirror | missing."""
+    """One of bundled | prepared | damaged | raw present | in mirror | missing."""
     return describe(dataset, domain, root=root, mirror=mirror, size=size)[0]
