@@ -455,6 +455,27 @@ def _load_bundled_cached(
     return decoded
 
 
+def check_bundled_cache(
+    dataset: str, domain: str | None = None, *, root: PathArg = None, force: bool = False
+) -> Path:
+    """Verify the decoded cache of a bundled dataset, decoding again what is missing or damaged
+    (everything with ``force``); returns the dataset's cache folder.
+
+    Loading heals the cache anyway; this gives ``data prepare`` of a bundled dataset a job, so
+    the command a user reaches for after a data error does something.
+    """
+    spec = get_dataset(dataset)
+    if domain is not None:
+        check_domain(dataset, domain)
+    for d in [domain] if domain else spec.domains:
+        for split in SPLITS:
+            if force:
+                out = prepared_dir(dataset, d, spec.image_size, root)
+                _bundled_marker(out, split).unlink(missing_ok=True)
+            _load_bundled_cached(dataset, d, split, root, mmap=True)
+    return data_root(root) / "prepared" / dataset
+
+
 def load_domain(
     dataset: str,
     domain: str,

@@ -122,6 +122,30 @@ def test_bundled_cache_heals_itself(
     ]
 
 
+@pytest.mark.parametrize("force", [False, True], ids=["prepare", "prepare-force"])
+def test_data_prepare_of_a_bundled_dataset_repairs_its_cache(
+    force: bool,
+    data_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The command a user reaches for after a data error does something for bundled data too
+    (it printed "nothing to prepare")."""
+    _truncate_images(_cache(data_root))
+    decoded = []
+    real = bundle.load_bundled
+    monkeypatch.setattr(bundle, "load_bundled", lambda *a: decoded.append(a) or real(*a))
+    argv = ["data", "prepare", "digits-mini", "--root", str(data_root)]
+    code, out, _ = cli(argv + (["--force"] if force else []), capsys)
+    assert code == 0
+    cache = data_root / "prepared" / "digits-mini"
+    assert out == f"digits-mini is bundled with the package; its decoded cache in {cache} is ok\n"
+    # only the damaged split is decoded again, or all six with --force
+    assert len(decoded) == 6 if force else decoded == [(*MNIST, "train")]
+    assert (_cache(data_root) / "train_images.npy").stat().st_size == 784128
+    assert isinstance(store.load_domain(*MNIST, "train", root=data_root).images, np.memmap)
+
+
 @pytest.mark.slow
 def test_train_runs_on_a_truncated_bundled_cache(
     data_root: Path, config: Path, tmp_path: Path
