@@ -54,7 +54,7 @@ def atomic_write(
         raise cause from None
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def exception_chain(exc: BaseException) -> list[BaseException]:
     """``exc`` and the exceptions it was raised from or while handling, newest first."""
     seen: list[BaseException] = []
     cur: BaseException | None = exc
@@ -72,7 +72,7 @@ def _root_cause(exc: BaseException, path: Path) -> BaseException:
     re-raised naming ``path``, because errors raised by ``write`` on an open file carry no file
     name, so the message could not say which file or which file system to fix.
     """
-    chain = _chain(exc)
+    chain = exception_chain(exc)
     for e in chain:
         if isinstance(e, KeyboardInterrupt):
             return e

@@ -17,6 +17,7 @@ import errno
 import importlib
 import sys
 
+from splitmix.atomic import exception_chain
 from splitmix.errors import SplitmixError
 
 # (command, module defining ``register``). Modules are imported lazily so that a command that is
@@ -75,14 +76,7 @@ def os_error_line(exc: OSError) -> str:
 
 def interrupted(exc: BaseException) -> bool:
     """True if ``exc`` is, or was raised while handling, a KeyboardInterrupt."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, KeyboardInterrupt):
-            return True
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return False
+    return any(isinstance(e, KeyboardInterrupt) for e in exception_chain(exc))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -120,7 +120,8 @@ def _open_split(out: Path, split: str, mmap: bool) -> ImageSet:
 
 def _check_against_manifest(data: ImageSet, manifest: dict[str, Any], split: str) -> None:
     """ValueError if the arrays are not the shape ``data prepare`` recorded (cheap: headers)."""
-    want = manifest["splits"].get(split, {}).get("shape")
+    info = manifest["splits"].get(split)
+    want = info.get("shape") if isinstance(info, dict) else None
     if want is not None and list(data.images.shape) != list(want):
         raise ValueError(
             f"{split}_images.npy has shape {list(data.images.shape)}, the manifest says {want}"
