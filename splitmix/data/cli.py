@@ -15,7 +15,15 @@ from splitmix.data.catalog import DATASETS, get_dataset
 from splitmix.data.fetch import fetch
 from splitmix.data.recipes import SOURCES
 from splitmix.data.registry import GROUPS, REGISTRY, group_files
-from splitmix.data.store import MANIFEST, data_root, describe, fetch_dataset, prepare, raw_dir
+from splitmix.data.store import (
+    MANIFEST,
+    check_bundled_cache,
+    data_root,
+    describe,
+    fetch_dataset,
+    prepare,
+    raw_dir,
+)
 from splitmix.errors import DataError
 
 _ALL_SOURCES = sorted({s for v in SOURCES.values() for s in v})
@@ -142,7 +150,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.size is not None and args.size < 1:
         raise DataError(f"--size {args.size} is not positive; pass the image side in pixels")
     if spec.bundled:
-        print(f"{args.dataset} is bundled with the package; nothing to prepare")
+        cache = check_bundled_cache(args.dataset, args.domain, root=args.root, force=args.force)
+        print(f"{args.dataset} is bundled with the package; its decoded cache in {cache} is ok")
         return 0
     paths = prepare(
         args.dataset,

@@ -61,7 +61,26 @@ def _labels(labels: np.ndarray, idx: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(labels[idx], dtype=np.int64).copy())
 
 
-def _check_domain_data(name: str, sets: dict[str, ImageSet], num_classes: int) -> tuple[int, int]:
+def _bad_labels_fix(name: str, key: str, size: int) -> str:
+    """The command that repairs a domain whose labels are out of range.
+
+    A bundled dataset's cache heals itself (its labels are checked against a recorded sha256),
+    so bad labels there come from the bundle; a prepared domain must be rebuilt with ``--force``
+    because its manifest still says it is prepared.
+    """
+    domain = key.split("/")[0]
+    if get_dataset(name).bundled:
+        from splitmix.data.bundle import _REBUILD_HINT
+
+        return f"the bundled data is damaged: {_REBUILD_HINT}"
+    from splitmix.data.store import prepare_command
+
+    return f"the prepared cache is corrupt; rebuild it with `{prepare_command(name, domain, size)}`"
+
+
+def _check_domain_data(
+    name: str, sets: dict[str, ImageSet], num_classes: int, size: int
+) -> tuple[int, int]:
     """All domains must share the input size and have labels in 0..num_classes-1."""
     shapes = {(s.images.shape[1], s.images.shape[2]) for s in sets.values()}
     if len(shapes) != 1:
@@ -72,8 +91,8 @@ def _check_domain_data(name: str, sets: dict[str, ImageSet], num_classes: int) -
     for key, s in sets.items():
         if len(s) and (s.labels.min() < 0 or s.labels.max() >= num_classes):
             raise DataError(
-                f"{name} {key}: labels outside 0..{num_classes - 1}; the prepared cache is "
-                f"corrupt, re-run `python -m splitmix data prepare {name}`"
+                f"{name} {key}: labels outside 0..{num_classes - 1}; "
+                + _bad_labels_fix(name, key, size)
             )
     return shapes.pop()
 
@@ -109,7 +128,7 @@ def build_federation(cfg: RunConfig) -> Federation:
     all_sets = {f"{d}/train": s for d, s in train.items()} | {
         f"{d}/test": s for d, s in test.items()
     }
-    h, w = _check_domain_data(cfg.dataset, all_sets, spec.num_classes)
+    h, w = _check_domain_data(cfg.dataset, all_sets, spec.num_classes, size)
     shards = split_federation(
         {d: train[d].labels for d in domains},
         {d: test[d].labels for d in domains},

@@ -9,15 +9,21 @@ Each array is written to a temp file and renamed into place, and the manifest is
 (after removing any old one first), so a domain is "prepared" exactly when its manifest exists:
 an interrupted prepare is never mistaken for a finished one. Loading is ``np.load(mmap_mode='r')``
 on whole arrays, so no per-sample Python runs and only the touched pages are read.
+
+A cache can still be damaged after the fact (a full disk, a copy cut short, an edit). Loading checks
+it cheaply instead of re-hashing: each ``.npy`` header must parse, the file must be as long as the
+header says (``np.load`` with ``mmap_mode`` checks that) and its shape must be what the manifest
+recorded. ``data prepare`` rebuilds a domain that fails those checks, so the fix named by every
+load error works without ``--force``. Bundled datasets are cached the same way and heal
+themselves: their marker records each file's size and the labels' sha256, and a cache that does
+not match is decoded again from the bundle.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -67,10 +73,81 @@ def prepared_dir(dataset: str, domain: str, size: int, root: PathArg = None) -> 
 def read_manifest(
     dataset: str, domain: str, size: int, root: PathArg = None
 ) -> dict[str, Any] | None:
+    """The domain's manifest, None if it is not prepared; DataError (with the fix) if unreadable."""
     path = prepared_dir(dataset, domain, size, root) / MANIFEST
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(
+            f"{path}: unreadable manifest ({type(exc).__name__}); run "
+            f"`{prepare_command(dataset, domain, size)}` to rebuild the domain"
+        ) from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+        raise DataError(
+            f"{path}: not a prepared-cache manifest (no 'splits'); run "
+            f"`{prepare_command(dataset, domain, size)}` to rebuild the domain"
+        )
+    return manifest
+
+
+def _open_npy(path: Path, mmap: bool) -> np.ndarray:
+    """``np.load`` that raises only ValueError for a damaged file (EOFError: a 0-byte file)."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except EOFError:
+        raise ValueError("empty file") from None
+    except OSError as exc:
+        if not path.is_file():
+            raise ValueError("missing") from None
+        raise ValueError(str(exc)) from None
+
+
+def _open_split(out: Path, split: str, mmap: bool) -> ImageSet:
+    """One split's arrays; ValueError naming the file if either is damaged or they disagree."""
+    arrays = []
+    for kind in ("images", "labels"):
+        path = out / f"{split}_{kind}.npy"
+        try:
+            arrays.append(_open_npy(path, mmap))
+        except ValueError as exc:
+            raise ValueError(f"{path.name}: {exc}") from None
+    images, labels = arrays
+    if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(f"{split} arrays disagree: images {images.shape}, labels {labels.shape}")
+    return ImageSet(images, labels)
+
+
+def _check_against_manifest(data: ImageSet, manifest: dict[str, Any], split: str) -> None:
+    """ValueError if the arrays are not the shape ``data prepare`` recorded (cheap: headers)."""
+    info = manifest["splits"].get(split)
+    want = info.get("shape") if isinstance(info, dict) else None
+    if want is not None and list(data.images.shape) != list(want):
+        raise ValueError(
+            f"{split}_images.npy has shape {list(data.images.shape)}, the manifest says {want}"
+        )
+
+
+def prepared_problem(dataset: str, domain: str, size: int, root: PathArg = None) -> str | None:
+    """Why the prepared domain cannot be used (None if every file checks out).
+
+    Header, length and shape checks only (see the module docstring): milliseconds, not a
+    re-hash of every file.
+    """
+    out = prepared_dir(dataset, domain, size, root)
+    try:
+        manifest = read_manifest(dataset, domain, size, root)
+    except DataError:
+        return f"{out / MANIFEST} is unreadable"
+    if manifest is None:
+        return f"no {out / MANIFEST}"
+    for split in SPLITS:
+        try:
+            _check_against_manifest(_open_split(out, split, mmap=True), manifest, split)
+        except (ValueError, KeyError, TypeError) as exc:
+            return f"{out}: {exc}"
+    return None
 
 
 # ------------------------------------------------------------------------------------ writing
@@ -200,10 +277,15 @@ def prepare_domain(
     """Fetch, read, resize and write one domain; skip if already prepared the same way."""
     size = size or default_size(dataset)
     out = prepared_dir(dataset, domain, size, root)
-    done = read_manifest(dataset, domain, size, root)
     candidates = recipes(dataset, domain, source)
-    if done is not None and not force and source in (None, done.get("source")):
-        return out
+    if not force and (out / MANIFEST).is_file():
+        problem = prepared_problem(dataset, domain, size, root)
+        if problem is None:
+            done = read_manifest(dataset, domain, size, root) or {}
+            if source in (None, done.get("source")):
+                return out
+        else:  # a damaged cache is rebuilt: the command every load error names must repair it
+            log.warning("%s/%s: prepared cache damaged (%s); rebuilding", dataset, domain, problem)
     raw = raw_dir(root)
     recipe, files, fallback = _obtain(candidates, raw, resolve_mirror(mirror), offline)
     built = recipe.build(files, size)
@@ -284,9 +366,61 @@ def fetch_dataset(
     return paths
 
 
-def _prepare_command(dataset: str, domain: str, size: int) -> str:
+def prepare_command(dataset: str, domain: str, size: int, *, force: bool = True) -> str:
+    """The command that builds one prepared domain; with ``force`` (for a damaged one) it also
+    rebuilds a domain whose manifest looks fine."""
     extra = "" if size == default_size(dataset) else f" --size {size}"
-    return f"python -m splitmix data prepare {dataset} --domain {domain}{extra}"
+    flag = " --force" if force else ""
+    return f"python -m splitmix data prepare {dataset} --domain {domain}{extra}{flag}"
+
+
+def _bundled_marker(out: Path, split: str) -> Path:
+    return out / f"{split}.cache.json"
+
+
+def _sha256_file(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _marker_record(sha: str, images: Path, labels: Path) -> dict[str, Any]:
+    """What a bundled cache must still match to be trusted: the bundle payload it was decoded from,
+    each file's size, and the labels' sha256 (8-40 KB; the images are checked by size and header
+    only, since hashing them on every load would cost a noticeable part of what the cache saves)."""
+    return {
+        "bundle_sha256": sha,
+        "bytes": {f.name: f.stat().st_size for f in (images, labels)},
+        "labels_sha256": _sha256_file(labels),
+    }
+
+
+def _bundled_cache_problem(record: dict[str, Any], sha: str, images: Path, labels: Path) -> str:
+    """Why the cache files do not match ``record`` ('' if they do)."""
+    if record["bundle_sha256"] != sha:
+        return "decoded from another bundle"
+    for f in (images, labels):
+        size, want = f.stat().st_size, record["bytes"][f.name]
+        if size != want:
+            return f"{f.name} has {size} bytes, expected {want}"
+    if _sha256_file(labels) != record["labels_sha256"]:
+        return f"{labels.name} does not match its recorded sha256"
+    return ""
+
+
+def _open_bundled_cache(out: Path, split: str, sha: str, mmap: bool) -> tuple[ImageSet | None, str]:
+    """The cached split if it verifies, else (None, why not) so the caller decodes it anew."""
+    images, labels = out / f"{split}_images.npy", out / f"{split}_labels.npy"
+    try:
+        record = json.loads(_bundled_marker(out, split).read_text())
+        problem = _bundled_cache_problem(record, sha, images, labels)
+        if problem:
+            return None, problem
+        return _open_split(out, split, mmap), ""
+    except FileNotFoundError:
+        return None, "not cached yet"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
 
 
 def _load_bundled_cached(
@@ -295,34 +429,54 @@ def _load_bundled_cached(
     """A bundled split, decoded once into the prepared cache and memory-mapped from then on.
 
     Decoding cifar10-mini's 6,000 JPEGs takes ~0.7 s, paid by every training job; the cache is
-    keyed by the payload's sha256, so a rebuilt bundle is decoded anew. A read-only data root
-    just means decoding every time.
+    keyed by the payload's sha256, so a rebuilt bundle is decoded anew, and a damaged cache
+    (truncated, emptied, edited labels) is decoded anew too instead of failing every later run.
+    A read-only data root just means decoding every time.
     """
     from splitmix.data.bundle import load_bundled, provenance  # lazy: only bundled datasets
 
     sha = provenance(dataset)["domains"][domain]["splits"][split]["sha256"]
     out = prepared_dir(dataset, domain, get_dataset(dataset).image_size, root)
-    marker = out / f"{split}.bundle-sha256"
-    files = [out / f"{split}_images.npy", out / f"{split}_labels.npy"]
-    if marker.is_file() and marker.read_text().strip() == sha and all(f.is_file() for f in files):
-        mode = "r" if mmap else None
-        images, labels = (np.load(f, mmap_mode=mode, allow_pickle=False) for f in files)
-        return ImageSet(images, labels)
+    cached, why = _open_bundled_cache(out, split, sha, mmap)
+    if cached is not None:
+        return cached
+    if _bundled_marker(out, split).exists():
+        log.warning("%s/%s %s: cache in %s is damaged (%s); decoding the bundle again",
+                    dataset, domain, split, out, why)  # fmt: skip
     decoded = load_bundled(dataset, domain, split)
+    images, labels = out / f"{split}_images.npy", out / f"{split}_labels.npy"
     try:
-        _save_npy(files[0], decoded.images)
-        _save_npy(files[1], decoded.labels)
-        atomic_write_text(marker, sha + "\n")  # last: half-written caches are never trusted
+        _bundled_marker(out, split).unlink(missing_ok=True)  # untrusted until rewritten, last
+        (out / f"{split}.bundle-sha256").unlink(missing_ok=True)  # marker of earlier versions
+        _save_npy(images, decoded.images)
+        _save_npy(labels, decoded.labels)
+        record = _marker_record(sha, images, labels)
+        atomic_write_text(_bundled_marker(out, split), json.dumps(record, indent=1) + "\n")
     except OSError as exc:
-        log.warning(
-            "cannot cache %s/%s %s under %s (%s); decoding each time",
-            dataset,
-            domain,
-            split,
-            out,
-            exc,
-        )
+        log.warning("cannot cache %s/%s %s under %s (%s); decoding each time",
+                    dataset, domain, split, out, exc)  # fmt: skip
     return decoded
+
+
+def check_bundled_cache(
+    dataset: str, domain: str | None = None, *, root: PathArg = None, force: bool = False
+) -> Path:
+    """Verify the decoded cache of a bundled dataset, decoding again what is missing or damaged
+    (everything with ``force``); returns the dataset's cache folder.
+
+    Loading heals the cache anyway; this gives ``data prepare`` of a bundled dataset a job, so
+    the command a user reaches for after a data error does something.
+    """
+    spec = get_dataset(dataset)
+    if domain is not None:
+        check_domain(dataset, domain)
+    for d in [domain] if domain else spec.domains:
+        for split in SPLITS:
+            if force:
+                out = prepared_dir(dataset, d, spec.image_size, root)
+                _bundled_marker(out, split).unlink(missing_ok=True)
+            _load_bundled_cached(dataset, d, split, root, mmap=True)
+    return data_root(root) / "prepared" / dataset
 
 
 def load_domain(
@@ -346,20 +500,22 @@ def load_domain(
     if not (out / MANIFEST).is_file():
         raise DataError(
             f"{dataset}/{domain} at {size}px is not prepared (no {out / MANIFEST}); run "
-            f"`{_prepare_command(dataset, domain, size)}` (it fetches missing raw files; "
+            f"`{prepare_command(dataset, domain, size, force=False)}` (it fetches missing raw "
+            "files; "
             f"set {MIRROR_ENV} to copy them from a local mirror, or run "
             f"`python -m splitmix data fetch {dataset} --domain {domain}` first)"
         )
-    mode = "r" if mmap else None
+    manifest = read_manifest(dataset, domain, size, root)
+    assert manifest is not None  # the manifest file exists (checked above)
     try:
-        images = np.load(out / f"{split}_images.npy", mmap_mode=mode, allow_pickle=False)
-        labels = np.load(out / f"{split}_labels.npy", mmap_mode=mode, allow_pickle=False)
-        return ImageSet(images, labels)
-    except (OSError, ValueError) as exc:
+        data = _open_split(out, split, mmap)
+        _check_against_manifest(data, manifest, split)
+    except ValueError as exc:
         raise DataError(
-            f"{out}: prepared files unreadable ({type(exc).__name__}: {exc}); run "
-            f"`{_prepare_command(dataset, domain, size)} --force`"
+            f"{out}: prepared cache damaged ({exc}); run "
+            f"`{prepare_command(dataset, domain, size)}` to rebuild it"
         ) from None
+    return data
 
 
 def describe(
@@ -370,14 +526,17 @@ def describe(
     mirror: PathArg = None,
     size: int | None = None,
 ) -> tuple[str, str]:
-    """(status, what is missing), cheaply: existence checks only, no checksums, no reading."""
+    """(status, what is missing or wrong), cheaply: existence and header checks, no checksums."""
     spec = get_dataset(dataset)
     check_domain(dataset, domain)
     if spec.bundled:
         return "bundled", ""
     size = size or default_size(dataset)
     if (prepared_dir(dataset, domain, size, root) / MANIFEST).is_file():
-        return "prepared", ""
+        problem = prepared_problem(dataset, domain, size, root)
+        if problem is None:
+            return "prepared", ""
+        return "damaged", f"{problem}; run `{prepare_command(dataset, domain, size)}`"
     raw, mir = raw_dir(root), resolve_mirror(mirror)
     cands = recipes(dataset, domain)
     where = [[available(get_file(rel), raw, mir) for rel in r.files] for r in cands]
@@ -400,5 +559,5 @@ def status(
     mirror: PathArg = None,
     size: int | None = None,
 ) -> str:
-    """One of bundled | prepared | raw present | in mirror | missing."""
+    """One of bundled | prepared | damaged | raw present | in mirror | missing."""
     return describe(dataset, domain, root=root, mirror=mirror, size=size)[0]

@@ -106,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     out = args.out or args.run / EVAL
+    if out.is_dir():  # checked before the evaluation, which can take a long time
+        raise ConfigError(f"--out {out} is a folder; give the rows file, e.g. {out / EVAL}")
     df = evaluate_run(args.run, options, out=out)
     acc = df[(df["metric"] == "acc") & (df["client"] == "mean") & (df["domain"] == "all")]
     summary = ", ".join(

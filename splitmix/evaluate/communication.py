@@ -11,6 +11,8 @@ totals 0 and no per-round row.
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,21 +29,107 @@ LOG_REQUIRED = ("round", "seconds", "train_loss")
 LOG_CURVES = {"val_acc@": "val_acc", "val_loss@": "val_loss", "val_ra@": "val_robust_acc"}
 
 
+# what repairs a damaged log: the engine rewrites both logs from checkpoint.pt when a finished run
+# is trained again (it resumes after the last round and trains nothing)
+LOG_FIX = (
+    "re-run this run's `python -m splitmix train` command without --restart (it rewrites log.csv "
+    "and comm.csv from checkpoint.pt), or retrain it with --restart"
+)
+
+
 def read_log_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
-    """Read a training log, one-line DataError naming the file if it is absent or lacks columns."""
+    """Read a training log; one-line DataError naming the file if it is absent, cut short, lacks
+    columns or holds anything but numbers in ``required``.
+
+    The engine writes whole lines with a full set of fields, so a last line without its newline,
+    or a row with fewer fields than the header, means the file was cut short; pandas would
+    silently fill the missing fields with NaN and the evaluation would drop them.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: missing; the training run is incomplete, re-run `splitmix train`")
     try:
-        df = pd.read_csv(path)
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a text CSV (binary data); {LOG_FIX}") from None
+    _check_whole_rows(path, text)
+    try:
+        df = pd.read_csv(io.StringIO(text))
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{path}: not a readable CSV ({str(exc).strip()[:80]})") from None
+        first = str(exc).strip().splitlines()[0][:80] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: not a readable CSV ({first}); {LOG_FIX}") from None
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise DataError(
             f"{path}: missing column(s) {', '.join(missing)}; expected {list(required)}"
         )
+    for col in required:
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = values.isna() & (df[col].notna() | (col in KEY_COLUMNS))
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raise DataError(
+                f"{path}: column {col!r} row {i} = {df[col].iloc[i]!r} is not a number; {LOG_FIX}"
+            )
+        df[col] = values
     return df
+
+
+KEY_COLUMNS = ("round", "client")  # never blank (other numbers are blank when not measured)
+
+
+def _check_whole_rows(path: Path, text: str) -> None:
+    """DataError if the file does not end with a newline or a row has a different field count."""
+    if text and not text.endswith("\n"):
+        raise DataError(f"{path}: the last line is cut off (no final newline); {LOG_FIX}")
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        return  # pandas reports an empty file below
+    width = len(rows[0])
+    for i, row in enumerate(rows[1:]):
+        if len(row) != width:
+            raise DataError(
+                f"{path}: row {i} has {len(row)} fields, the header {width}; the file was cut "
+                f"short or edited; {LOG_FIX}"
+            )
+
+
+def check_rounds(path: Path, log: pd.DataFrame, rounds: int, eval_every: int) -> None:
+    """A finished run logs rounds 0..rounds-1 once each, with validation values in every round
+    the engine validated (every ``eval_every``-th and the last); DataError naming ``path`` if not.
+    """
+    got = [int(r) for r in log["round"]]
+    if got != list(range(rounds)):
+        raise DataError(
+            f"{path}: has rounds {_span(got)}, the run trained rounds 0..{rounds - 1}; {LOG_FIX}"
+        )
+    curves = [c for c in log.columns if any(c.startswith(p) for p in LOG_CURVES)]
+    validated = log["round"].map(lambda r: (int(r) + 1) % eval_every == 0 or r == rounds - 1)
+    for col in curves:
+        values = pd.to_numeric(log[col], errors="coerce")
+        lost = validated & ~values.map(_finite)
+        if lost.any():
+            r = int(log["round"][lost].iloc[0])
+            raise DataError(f"{path}: round {r} has no {col} value, though it was validated; "
+                            f"{LOG_FIX}")  # fmt: skip
+
+
+def check_comm_rounds(path: Path, comm: pd.DataFrame, rounds: int) -> None:
+    """Every comm.csv row belongs to a trained round (DataError naming ``path`` if not)."""
+    stray = sorted({int(r) for r in comm["round"]} - set(range(rounds)))
+    if stray or not (comm["round"] == comm["round"].round()).all():
+        raise DataError(
+            f"{path}: names round {stray[0] if stray else '?'}, the run trained rounds "
+            f"0..{rounds - 1}; {LOG_FIX}"
+        )
+
+
+def _span(rounds: list[int]) -> str:
+    if not rounds:
+        return "none"
+    if rounds == list(range(rounds[0], rounds[-1] + 1)):
+        return f"{rounds[0]}..{rounds[-1]}"
+    return ", ".join(map(str, rounds[:6])) + (" ..." if len(rounds) > 6 else "")
 
 
 def communication_rows(

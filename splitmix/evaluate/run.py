@@ -37,6 +37,8 @@ from splitmix.evaluate.accuracy import LARGE_BATCH, ClientAccuracy, client_accur
 from splitmix.evaluate.communication import (
     COMM_COLUMNS,
     LOG_REQUIRED,
+    check_comm_rounds,
+    check_rounds,
     communication_rows,
     curve_rows,
     read_log_csv,
@@ -242,6 +244,8 @@ def log_rows(run: LoadedRun) -> list[dict[str, Any]]:
     key = run.key
     comm = read_log_csv(run.run_dir / COMM, COMM_COLUMNS)
     log = read_log_csv(run.run_dir / LOG, LOG_REQUIRED)
+    check_rounds(run.run_dir / LOG, log, run.cfg.rounds, run.cfg.eval_every)
+    check_comm_rounds(run.run_dir / COMM, comm, run.cfg.rounds)
     names = [c.name for c in run.federation.clients]
     domains = {c.name: c.domain for c in run.federation.clients}
     probe = run.algorithm.assemble(run.algorithm.eval_widths()[-1], None, None)
@@ -268,8 +272,9 @@ def evaluate_run(
     run = load_run(run_dir, federation=federation, device=options.device)
     torch.set_num_threads(int(options.threads or run.cfg.threads))
     try:
+        logs = log_rows(run)  # first: a damaged log fails in seconds, not after the evaluation
         maybe_sort_bases(run)
-        rows = model_rows(run, options) + log_rows(run)
+        rows = model_rows(run, options) + logs
         if options.attack:
             pgd = options.pgd
             rows += [

@@ -572,6 +572,10 @@ def run_training(
             if stop_after is not None and r + 1 >= stop_after and r + 1 < cfg.rounds:
                 stopped = True
                 break
+    except OSError as exc:
+        if exc.filename is None:  # an append to a log on a full disk names no file: name the run
+            raise type(exc)(exc.errno, exc.strerror, str(run.out)) from None
+        raise
     finally:
         bar.close()
     result = {

@@ -105,10 +105,19 @@ def test_prepare_missing_raw_names_file_checksum_source(
     assert "--source raw needs svhn/train_32x32.mat, svhn/test_32x32.mat" in line
 
 
-def test_bundled_needs_no_prepare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bundled_prepare_only_checks_the_decoded_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run(["data", "prepare", "cifar10-mini", "--root", str(tmp_path)]) == 0
     assert "bundled" in capsys.readouterr().out
-    assert not (tmp_path / "prepared").exists()
+    # what a training job would decode on first use anyway; nothing else is written
+    cache = tmp_path / "prepared/cifar10-mini/cifar10/32px"
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(
+        f"{split}{suffix}"
+        for split in ("train", "test")
+        for suffix in (".cache.json", "_images.npy", "_labels.npy")
+    )
+    assert all(p.parent == cache for p in tmp_path.rglob("*") if p.is_file())
 
 
 def test_fetch_dataset_uses_the_source_prepare_would(
