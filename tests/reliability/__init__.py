@@ -1,0 +1,1 @@
+"""Reliability battery: interrupted, resumed and concurrent runs (issue-style repros as tests)."""
