@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from fl.toy import toy_config, toy_federation
+
 from splitmix.fl.checkpoint import load_checkpoint
 from splitmix.fl.engine import (
     BEST_STATE,
