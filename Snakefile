@@ -4,9 +4,13 @@
 #   snakemake -n --configfile config/paper.yaml           what the paper grid would run
 #   snakemake --profile workflow/profiles/slurm --configfile config/paper.yaml
 #
-# See docs/workflow.md. A --configfile replaces config/config.yaml (it is not merged into it).
+# See docs/workflow.md. A --configfile replaces config/config.yaml (it is not merged into it):
+# the default is read only when no --configfile is given.
 
-configfile: "config/config.yaml"
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
+
 
 
 include: "workflow/rules/common.smk"
@@ -20,3 +24,15 @@ rule all:
     default_target: True
     input:
         REPORT_DIR,
+
+
+onsuccess:
+    print(f"done: {len(RUNS)} runs in results/, report in {REPORT_DIR}/")
+
+
+onerror:
+    print(
+        "stopped: a job failed or was interrupted (its log is under results/logs/). Rerun the "
+        "same command to continue; interrupted training resumes from its last checkpoint. "
+        "After a hard kill (SIGKILL, a lost terminal) unlock first: snakemake --unlock"
+    )

@@ -12,16 +12,23 @@ Everything random is drawn from a named stream of ``(seed, name)`` keyed by roun
 would: the checkpoint needs the algorithm's state and the logs, nothing else.
 
 Files written in the output directory (all atomically, see ``checkpoint.py``):
-``checkpoint.pt`` (resume state), ``best.pt`` (best-validation model), ``log.csv`` (one row per
+``checkpoint.pt`` and ``checkpoint-best.pt`` (resume state: the latest state and the best one so
+far), ``best.pt`` (best-validation model, published when the run finishes), ``log.csv`` (one row per
 round), ``comm.csv`` (one row per round x client), ``run.json`` (run record, written last: its
 presence means the run is complete).
+
+The resume state is kept apart from the published results because a workflow manager (Snakemake)
+deletes a job's declared outputs (``best.pt``, the logs, ``run.json``) before it reruns the job:
+everything a resume needs must survive that, and everything it deletes is rebuilt from it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -47,11 +54,12 @@ from splitmix.fl.schedule import lr_at
 from splitmix.seeding import rng
 
 CHECKPOINT = "checkpoint.pt"
+BEST_STATE = "checkpoint-best.pt"  # best model so far; becomes best.pt when the run finishes
 BEST = "best.pt"
 LOG = "log.csv"
 COMM = "comm.csv"
 RUN_RECORD = "run.json"
-OUTPUTS = (CHECKPOINT, BEST, LOG, COMM, RUN_RECORD)
+OUTPUTS = (CHECKPOINT, BEST_STATE, BEST, LOG, COMM, RUN_RECORD)
 COMM_COLUMNS = ("round", "client", "bytes_down", "bytes_up", "seconds")
 FORMAT = 1  # bump when the checkpoint layout changes
 
@@ -237,26 +245,21 @@ class _Run:
         return [*cols, "metric"]
 
     # -- checkpoint / resume --
-    def resume_or_start(self, restart: bool) -> None:
+    def resume_or_start(self, restart: bool, discard_stale: bool = False) -> None:
+        """Continue from ``checkpoint.pt`` when it belongs to this config, else start afresh.
+
+        ``discard_stale``: a checkpoint of another config is stale state of this folder (the
+        workflow reruns a run whose settings changed) and is dropped, instead of refused.
+        """
         self.out.mkdir(parents=True, exist_ok=True)
+        removed = remove_stale_temporaries(self.out)
+        if removed:
+            self.say(f"removed {removed} temporary file(s) left by an interrupted write")
         if restart:
-            for name in OUTPUTS:
-                (self.out / name).unlink(missing_ok=True)
-        ckpt_path = self.out / CHECKPOINT
+            self.discard_outputs()
         self.algorithm.init_global(make_generator(self.cfg.seed, "init", torch.device("cpu")))
-        if ckpt_path.exists():
-            ckpt = load_checkpoint(ckpt_path)
-            if ckpt.get("format") != FORMAT:
-                raise ConfigError(
-                    f"{ckpt_path} has checkpoint format {ckpt.get('format')!r}, this version "
-                    f"writes {FORMAT}; use a new --out directory or pass --restart"
-                )
-            if ckpt.get("config_hash") != self.hash:
-                raise ConfigError(
-                    f"{ckpt_path} was written by a different config (hash "
-                    f"{ckpt.get('config_hash')}, this run {self.hash}); use a new --out directory "
-                    "or pass --restart to start over"
-                )
+        ckpt = self.usable_checkpoint(discard_stale)
+        if ckpt is not None:
             self.algorithm.load_state_dict(ckpt["algorithm"])
             self.start_round = int(ckpt["round"]) + 1
             self.best_metric = float(ckpt["best_metric"])
@@ -264,12 +267,60 @@ class _Run:
             self.wall_before = float(ckpt["wall_time"])
             self.log.rows = list(ckpt["log_rows"])
             self.comm.rows = list(ckpt["comm_rows"])
+            self.say(f"resuming after round {self.start_round} of {self.cfg.rounds} ({CHECKPOINT})")
         else:  # a fresh start never inherits files of an earlier run in the same directory
-            for name in (BEST, RUN_RECORD):
+            for name in (BEST_STATE, BEST, RUN_RECORD):
                 (self.out / name).unlink(missing_ok=True)
+            self.say(f"starting round 1 of {self.cfg.rounds}")
         # drop rows a crashed run appended after its last checkpoint; they will be recomputed
         self.log.rewrite()
         self.comm.rewrite()
+
+    def usable_checkpoint(self, discard_stale: bool) -> dict[str, Any] | None:
+        """The checkpoint to resume from, or None (none, stale and discarded, or incomplete)."""
+        ckpt_path = self.out / CHECKPOINT
+        if not ckpt_path.exists():
+            return None
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt.get("format") != FORMAT:
+            raise ConfigError(
+                f"{ckpt_path} has checkpoint format {ckpt.get('format')!r}, this version "
+                f"writes {FORMAT}; use a new --out directory or pass --restart"
+            )
+        if ckpt.get("config_hash") != self.hash:
+            if discard_stale:
+                self.say(f"{CHECKPOINT} belongs to an earlier config; starting over")
+                self.discard_outputs()
+                return None
+            raise ConfigError(
+                f"{ckpt_path} was written by a different config (hash "
+                f"{ckpt.get('config_hash')}, this run {self.hash}); use a new --out directory "
+                "or pass --restart to start over"
+            )
+        if int(ckpt["best_round"]) >= 0 and not self.has_best_state():
+            # without the best model so far, best.pt could not be rebuilt consistently: the
+            # rounds are deterministic, so starting over gives the very same run
+            self.say(f"{BEST_STATE} is missing; starting over")
+            self.discard_outputs()
+            return None
+        return ckpt
+
+    def has_best_state(self) -> bool:
+        """Whether the best model so far is on disk (runs of older versions kept it in best.pt)."""
+        state, best = self.out / BEST_STATE, self.out / BEST
+        if not state.exists() and best.exists():
+            _publish(best, state)
+        return state.exists()
+
+    def discard_outputs(self) -> None:
+        for name in OUTPUTS:
+            (self.out / name).unlink(missing_ok=True)
+
+    def say(self, text: str) -> None:
+        """A status line in the job's log (stderr), unless progress output is off."""
+        if self.progress:
+            print(f"{self.cfg.method} {self.cfg.dataset}/{self.cfg.split} seed{self.cfg.seed}: "
+                  f"{text}", file=sys.stderr, flush=True)  # fmt: skip
 
     def save_checkpoint(self, round_idx: int, wall: float) -> None:
         atomic_torch_save(
@@ -420,8 +471,13 @@ class _Run:
                 "metric": self.best_metric,
                 "algorithm": self.algorithm.state_dict(),
             },
-            self.out / BEST,
+            self.out / BEST_STATE,
         )
+
+    def publish_best(self) -> None:
+        """``best.pt`` of the finished run: the best state, linked (no second copy on disk)."""
+        if self.best_round >= 0:
+            _publish(self.out / BEST_STATE, self.out / BEST)
 
     def write_record(self, wall: float) -> dict[str, Any]:
         record = {
@@ -441,6 +497,33 @@ class _Run:
             durable=True,  # its presence marks the run complete
         )
         return record
+
+
+# ---- files --------------------------------------------------------------------------------------
+def remove_stale_temporaries(out: Path) -> int:
+    """Delete hidden ``.NAME.*.tmp`` files of this run's own outputs; returns how many.
+
+    ``splitmix.atomic`` writes through such a temporary and renames it, so only a process killed
+    mid-write (SIGKILL, OOM) leaves one behind; nothing ever reads them.
+    """
+    removed = 0
+    for name in OUTPUTS:
+        for tmp in out.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _publish(src: Path, dst: Path) -> None:
+    """Make ``dst`` hold ``src``'s bytes atomically: a hard link where the filesystem allows it
+    (a model file costs its bytes once), a copy elsewhere."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 # ---- setup helpers ------------------------------------------------------------------------------
@@ -526,12 +609,15 @@ def run_training(
     progress: bool = True,
     stop_after: int | None = None,
     restart: bool = False,
+    discard_stale: bool = False,
 ) -> dict[str, Any]:
     """Train ``cfg`` into ``out_dir``, resuming from ``out_dir/checkpoint.pt`` when present.
 
     ``stop_after`` simulates a kill once that many rounds (in total) are done: the run returns
     without its end-of-run checkpoint, exactly like a process killed between checkpoints.
-    ``restart`` deletes earlier outputs in ``out_dir`` first. Returns a summary dict.
+    ``restart`` deletes earlier outputs in ``out_dir`` first; ``discard_stale`` drops a checkpoint
+    of another config instead of refusing it. ``progress`` shows a bar on a terminal and one plain
+    line per round elsewhere (a job's log file). Returns a summary dict.
     """
     torch.set_num_threads(cfg.threads)
     if federation is None:
@@ -539,23 +625,13 @@ def run_training(
 
         federation = build_federation(cfg)
     run = _Run(cfg, Path(out_dir), federation, progress)
-    run.resume_or_start(restart)
+    run.resume_or_start(restart, discard_stale)
     t_start = time.perf_counter()
 
     def wall() -> float:
         return run.wall_before + time.perf_counter() - t_start
 
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=cfg.rounds,
-        initial=run.start_round,
-        disable=not progress,
-        desc=f"{cfg.method} {cfg.dataset}/{cfg.split} seed{cfg.seed}",
-        unit="round",
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
+    report = _progress(run, progress, t_start)
     stopped = False
     last = run.start_round - 1
     try:
@@ -563,10 +639,7 @@ def run_training(
             row = run.train_round(r)
             run.maybe_save_best(row)
             last = r
-            bar.update(1)
-            if row.get("metric") is not None:
-                acc = row[f"val_acc@{width_key(run.widths[-1])}"]
-                bar.set_postfix(val=f"{acc:.3f}", best=f"{run.best_metric:.3f}", refresh=False)
+            report.round_done(r, row)
             if (r + 1) % cfg.checkpoint_every == 0 and r + 1 < cfg.rounds:
                 run.save_checkpoint(r, wall())
             if stop_after is not None and r + 1 >= stop_after and r + 1 < cfg.rounds:
@@ -577,7 +650,7 @@ def run_training(
             raise type(exc)(exc.errno, exc.strerror, str(run.out)) from None
         raise
     finally:
-        bar.close()
+        report.close()
     result = {
         "out_dir": str(run.out),
         "config_hash": run.hash,
@@ -589,6 +662,83 @@ def run_training(
     if stopped:
         return result
     run.save_checkpoint(cfg.rounds - 1, wall())
+    run.publish_best()
     record = run.write_record(wall())
     result["wall_time_s"] = record["wall_time_s"]
     return result
+
+
+# ---- progress -----------------------------------------------------------------------------------
+def eta_seconds(elapsed: float, done: int, remaining: int) -> float:
+    """Time left if the remaining rounds take as long as this invocation's rounds did."""
+    return elapsed / done * remaining if done > 0 else math.nan
+
+
+def format_duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h07m``: short enough for one log line per round."""
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class _Lines:
+    """One plain line per round on stderr: a job's log is readable while it grows, and its line
+    count says how many rounds this invocation trained."""
+
+    def __init__(self, run: _Run, t_start: float) -> None:
+        self.run, self.t_start, self.first = run, t_start, run.start_round
+
+    def round_done(self, r: int, row: dict[str, Any]) -> None:
+        run, total = self.run, self.run.cfg.rounds
+        elapsed = time.perf_counter() - self.t_start
+        left = eta_seconds(elapsed, r + 1 - self.first, total - r - 1)
+        text = f"round {r + 1}/{total}"
+        if row.get("metric") is not None:
+            acc = row[f"val_acc@{width_key(run.widths[-1])}"]
+            text += f" val_acc {acc:.4f} best {run.best_metric:.4f}"
+        text += f" elapsed {format_duration(elapsed)} eta {format_duration(left)}"
+        print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class _Bar:
+    """A tqdm bar on a terminal."""
+
+    def __init__(self, run: _Run, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        cfg = run.cfg
+        self.run = run
+        self.bar = tqdm(
+            total=cfg.rounds,
+            initial=run.start_round,
+            disable=not enabled,
+            desc=f"{cfg.method} {cfg.dataset}/{cfg.split} seed{cfg.seed}",
+            unit="round",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+
+    def round_done(self, r: int, row: dict[str, Any]) -> None:
+        self.bar.update(1)
+        if row.get("metric") is not None:
+            acc = row[f"val_acc@{width_key(self.run.widths[-1])}"]
+            self.bar.set_postfix(
+                val=f"{acc:.3f}", best=f"{self.run.best_metric:.3f}", refresh=False
+            )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _progress(run: _Run, enabled: bool, t_start: float) -> _Lines | _Bar:
+    if enabled and not sys.stderr.isatty():
+        return _Lines(run, t_start)
+    return _Bar(run, enabled)

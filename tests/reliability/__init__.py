@@ -1,2 +1,2 @@
-"""Reliability battery: bad inputs, corrupt files and interruptions, each with its one-line
-error."""
+"""Reliability battery: bad inputs, corrupt files, interrupted, resumed and concurrent runs, each
+with its one-line error (issue-style repros as tests)."""

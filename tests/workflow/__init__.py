@@ -7,6 +7,7 @@ metadata never touch the repository's own ``results/`` and ``figures/``.
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 import subprocess
 import sys
@@ -80,18 +81,33 @@ def copy_workflow(dest: Path) -> Path:
     return dest / "Snakefile"
 
 
+# A train/evaluate job as the console shows it: its rule's message (the default profile hides the
+# rule blocks), e.g. "Job 12: train digits-mini/tiny/splitmix/seed1 (log: ...)".
+JOB_MESSAGE = re.compile(
+    r"^Job (?P<jobid>\d+): (?P<rule>train|evaluate) (?P<dataset>[^/\s]+)/(?P<split>[^/\s]+)/"
+    r"(?P<method>[^/\s]+)/seed(?P<seed>\d+)"
+)
+
+
 def jobs_by_rule(dry_run_output: str) -> dict[str, list[dict[str, str]]]:
-    """Wildcards of every job a dry run lists, grouped by rule name."""
+    """Wildcards (and job id) of every job the output lists, grouped by rule name: from the
+    rules' messages, or from Snakemake's rule blocks for rules without one."""
     jobs: dict[str, list[dict[str, str]]] = {}
     rule = None
     for line in dry_run_output.splitlines():
         stripped = line.strip()
-        if stripped.startswith(("rule ", "localrule ")) and stripped.endswith(":"):
+        if match := JOB_MESSAGE.match(stripped):
+            rule = None
+            fields = match.groupdict()
+            jobs.setdefault(fields.pop("rule"), []).append(fields)
+        elif stripped.startswith(("rule ", "localrule ")) and stripped.endswith(":"):
             rule = stripped.split()[1].rstrip(":")
             jobs.setdefault(rule, []).append({})
+        elif rule and stripped.startswith("jobid:"):
+            jobs[rule][-1]["jobid"] = stripped.split()[1]
         elif rule and stripped.startswith("wildcards:"):
             pairs = stripped.removeprefix("wildcards:").split(", ")
-            jobs[rule][-1] = dict(p.strip().split("=", 1) for p in pairs)
+            jobs[rule][-1].update(dict(p.strip().split("=", 1) for p in pairs))
     return jobs
 
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from splitmix.experiment import iter_runs
+from splitmix.experiment import iter_runs, load_experiment, resolve_run
 
 from . import (
     REPO,
@@ -57,6 +57,17 @@ def test_paper_dry_run_lists_every_run_and_names_missing_data(tmp_path):
     assert job_counts(proc.stdout)["train"] == len(trains)
     assert "python -m splitmix data prepare domainnet --domain sketch" in proc.stdout
     assert "prepared data folder(s) missing" in proc.stdout
+    # a --configfile replaces the default; Snakemake's "is extended by" note would say otherwise
+    assert "config/config.yaml" not in proc.stdout
+
+    # each job reads its run's resolved values from a file named by their hash, which the
+    # training CLI resolves back to exactly that run
+    files = sorted((tmp_path / "results" / "config" / "runs").glob("*.yaml"))
+    assert {f.stem for f in files} == {resolve_run(exp, *key).config_hash() for key in trains}
+    for f in files:
+        one = load_experiment(f)
+        (key,) = iter_runs(one)
+        assert key in trains and resolve_run(one, *key).config_hash() == f.stem
 
 
 def test_missing_data_fails_before_any_training(tmp_path):
@@ -71,7 +82,7 @@ def test_missing_data_fails_before_any_training(tmp_path):
     assert "is not prepared; run: python -m splitmix data prepare digits --domain" in proc.stdout
     assert f"--root {tmp_path / 'empty-data-root'}" in proc.stdout
     assert not (tmp_path / "results" / "digits").exists()  # no training job started
-    assert "rule train" not in proc.stdout
+    assert "train" not in jobs_by_rule(proc.stdout)
 
 
 @pytest.mark.parametrize(

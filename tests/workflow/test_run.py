@@ -42,21 +42,10 @@ def _complete(run_dir: Path) -> bool:
 
 def _finished_train_dirs(output: str, workdir: Path) -> set[Path]:
     """Run directories of the train jobs Snakemake reported as finished."""
-    jobids: dict[str, str] = {}
-    rule = jobid = None
-    for line in output.splitlines():
-        s = line.strip()
-        if s.startswith(("rule ", "localrule ")) and s.endswith(":"):
-            rule, jobid = s.split()[1].rstrip(":"), None
-        elif s.startswith("jobid:"):
-            jobid = s.split()[1]
-        elif s.startswith("wildcards:") and rule == "train" and jobid:
-            jobids[jobid] = dict(
-                p.split("=", 1) for p in s.removeprefix("wildcards: ").split(", ")
-            )["method"]
+    methods = {j["jobid"]: j["method"] for j in jobs_by_rule(output).get("train", [])}
     finished = re.findall(r"Finished jobid: (\d+) \(Rule: train\)", output)
     base = workdir / "results" / "digits-mini" / "tiny"
-    return {base / jobids[j] / "seed1" for j in finished}
+    return {base / methods[j] / "seed1" for j in finished}
 
 
 @pytest.fixture(scope="module")

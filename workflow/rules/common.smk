@@ -5,6 +5,8 @@ cluster job), so a bad config fails before any job starts, with the key and the 
 """
 
 import copy
+import importlib.util
+import json
 import os
 import re
 import sys
@@ -28,7 +30,7 @@ from splitmix.config import InvalidValue, device_problem  # noqa: E402
 from splitmix.data.catalog import DATASETS  # noqa: E402
 from splitmix.data.store import MANIFEST, data_root, prepared_dir  # noqa: E402
 from splitmix.errors import SplitmixError  # noqa: E402
-from splitmix.experiment import iter_runs, resolve_run  # noqa: E402
+from splitmix.experiment import RESERVED, iter_runs, resolve_run  # noqa: E402
 from splitmix.schemas import SCHEMA_PATH, explain  # noqa: E402
 
 
@@ -142,21 +144,47 @@ def _resolve_all(exp):
     return out
 
 
-def _write_experiment(exp, name):
-    """The experiment file the jobs read, rewritten (atomically) only when its content changes.
+def _plain(value):
+    """``value`` with tuples as lists: what YAML can write and the library reads back the same."""
+    return json.loads(json.dumps(value))
 
-    Its path depends on the workflow name only, so editing the config does not by itself change
-    any job's command or params: a run re-trains only when its own resolved config (the
-    config_hash param of rule train) changes.
+
+def run_experiment(cfg):
+    """An experiment file's content holding exactly one run, ``cfg``, as the training CLI reads
+    it: the resolved values, so no later edit of the workflow's config can change them."""
+    values = cfg.to_dict()
+    training = {k: v for k, v in values.items() if k not in RESERVED}
+    exp = {
+        "training": training,
+        "datasets": {cfg.dataset: {"splits": {cfg.split: values["split_config"]}}},
+        "methods": {cfg.method: {"algorithm": cfg.algorithm, "params": values["method_params"]}},
+        "seeds": [cfg.seed],
+        "runs": [{"dataset": cfg.dataset, "split": cfg.split, "methods": [cfg.method]}],
+    }
+    if cfg.data_root is not None:
+        exp["data_root"] = cfg.data_root
+    return yaml.safe_dump(_plain(exp), sort_keys=True)
+
+
+def run_config_path(cfg):
+    return f"{RUN_CONFIG_DIR}/{cfg.config_hash()}.yaml"
+
+
+def _write_run_configs(runs):
+    """One file per run, named by the run's config hash and never rewritten.
+
+    Parsing (also a dry run, or a run Snakemake's lock refuses) only ever adds files here: a file
+    a running job reads keeps its content, whatever another `snakemake` parses meanwhile. The
+    name is the config_hash param of rule train, so it reruns nothing by itself.
     """
-    text = yaml.safe_dump(exp, sort_keys=True)
-    path = Path("results") / "config" / f"{name}.yaml"
-    if not path.is_file() or path.read_text() != text:
+    for cfg in runs.values():
+        path = Path(run_config_path(cfg))
+        if path.is_file():
+            continue
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
+        tmp.write_text(run_experiment(cfg))
         tmp.replace(path)
-    return str(path)
 
 
 _validate_schema()
@@ -164,7 +192,8 @@ _check_names()
 WF = config["workflow"]
 EXP = _experiment()
 RUNS = _resolve_all(EXP)
-EXPERIMENT = _write_experiment(EXP, WF["name"])
+RUN_CONFIG_DIR = "results/config/runs"
+_write_run_configs(RUNS)
 
 RUN_DIR = "results/{dataset}/{split}/{method}/seed{seed}"
 DATA_ROOT = str(data_root(config.get("data_root")))  # config > $SPLITMIX_DATA > data
@@ -194,6 +223,29 @@ def run_cfg(wildcards):
 
 def run_dirs():
     return [RUN_DIR.format(dataset=d, split=s, method=m, seed=n) for d, s, m, n in RUNS]
+
+
+# ---- progress ----------------------------------------------------------------------------------
+def _parallel_jobs():
+    """Training jobs that run at a time: the cores over a run's threads (1 where unknown)."""
+    try:
+        cores = int(workflow.cores)
+    except (TypeError, ValueError, AttributeError):
+        return 1
+    threads = sorted(cfg.threads for cfg in RUNS.values()) or [1]
+    return max(1, min(len(RUNS), cores // max(1, threads[len(threads) // 2])))
+
+
+def _load_eta():
+    spec = importlib.util.spec_from_file_location("eta", REPO / "workflow" / "scripts" / "eta.py")
+    eta = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eta)
+    return eta
+
+
+# The train rule's message shows this: the training time left, estimated when each job starts
+# from the finished runs' wall times (workflow/scripts/eta.py).
+ETA = _load_eta().Eta(run_dirs(), _parallel_jobs())
 
 
 # ---- data ------------------------------------------------------------------------------------

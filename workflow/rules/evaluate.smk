@@ -22,6 +22,8 @@ rule evaluate:
         gpu=gpus,
     log:
         "results/logs/evaluate/{dataset}/{split}/{method}/seed{seed}.log",
+    message:
+        "evaluate {wildcards.dataset}/{wildcards.split}/{wildcards.method}/seed{wildcards.seed}"
     conda:
         "../envs/splitmix.yaml"
     shell:

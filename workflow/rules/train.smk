@@ -1,10 +1,15 @@
 # One training run = one job. The run's resolved config hash is a param, so editing the config
 # re-runs exactly the runs whose settings changed (Snakemake's params rerun trigger).
 #
-# checkpoint.pt is deliberately not an output: Snakemake deletes the outputs of a job before it
-# starts, and a killed job's partial files must not pass for results. The job starts the run
-# afresh (--restart) because best.pt, which a resume would need, is one of those outputs; to
-# continue a long run by hand, call the same command without --restart.
+# The job reads results/config/runs/<config_hash>.yaml, the run's resolved values in a file that
+# is named by them and never rewritten, and the CLI refuses to train if what it resolves has
+# another hash: a second `snakemake` parsing another config cannot change what this job trains.
+#
+# Resume: Snakemake deletes a job's declared outputs before it (re)starts, so the resume state
+# (checkpoint.pt and checkpoint-best.pt) is deliberately not an output. An interrupted job, rerun,
+# continues from its last checkpoint and rebuilds best.pt and the logs from it (bit-identical to
+# an uninterrupted run); a checkpoint of an earlier config of the run is discarded. When the job
+# succeeds the resume state is deleted: a finished run keeps one model file, best.pt.
 
 
 rule train:
@@ -16,7 +21,7 @@ rule train:
         comm=f"{RUN_DIR}/comm.csv",
         record=f"{RUN_DIR}/run.json",
     params:
-        experiment=EXPERIMENT,
+        experiment=lambda wc: run_config_path(run_cfg(wc)),
         config_hash=lambda wc: run_cfg(wc).config_hash(),
         out=lambda wc, output: os.path.dirname(output.record),
     threads: lambda wc: run_cfg(wc).threads
@@ -26,9 +31,13 @@ rule train:
         gpu=gpus,
     log:
         "results/logs/train/{dataset}/{split}/{method}/seed{seed}.log",
+    message:
+        "train {wildcards.dataset}/{wildcards.split}/{wildcards.method}/seed{wildcards.seed} "
+        "(log: {log}; {ETA})"
     conda:
         "../envs/splitmix.yaml"
     shell:
         "python -m splitmix train --config {params.experiment} --dataset {wildcards.dataset} "
         "--split {wildcards.split} --method {wildcards.method} --seed {wildcards.seed} "
-        "--out {params.out} --restart --no-progress > {log} 2>&1"
+        "--out {params.out} --expect-hash {params.config_hash} > {log} 2>&1 "
+        "&& rm -f {params.out}/checkpoint.pt {params.out}/checkpoint-best.pt"
