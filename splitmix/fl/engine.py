@@ -96,8 +96,8 @@ def batch_spans(n: int, batch_size: int) -> list[tuple[int, int]]:
 
 def local_steps(n_train: int, batch_size: int, local_epochs: int) -> int:
     """Mini-batch steps of one client per round: the batches of one pass times ``epochs``
-    (``ceil(n / b) * epochs`` as in the original, docs/paper.md#pitfalls, less one per epoch where a lone
-    leftover sample joins the batch before it): exactly what ``batches`` yields."""
+    (``ceil(n / b) * epochs`` as in the original, docs/paper.md#pitfalls, less one per epoch
+    where a lone leftover sample joins the batch before it): exactly what ``batches`` yields."""
     return len(batch_spans(n_train, batch_size)) * local_epochs
 
 

@@ -170,6 +170,8 @@ def prepared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     rel = "cifar10/cifar-10-python.tar.gz"
     entry = dataclasses.replace(registry.REGISTRY[rel], sha256=None, md5=None)
     monkeypatch.setitem(registry.REGISTRY, rel, entry)
+    # a generated archive has no published checksum: accept it the way a user opts in
+    monkeypatch.setenv("SPLITMIX_TRUST_FIRST_USE", "1")
     root = tmp_path / "root"
     write_cifar10_pickles_tar(root / "raw" / rel, 10)
     store.prepare(*CIFAR, root=root)
