@@ -29,7 +29,6 @@ from typing import Any
 from splitmix.errors import ConfigError
 from splitmix.evaluate.rows import ALL, MEAN, TEST_ROUND, RunKey
 
-
 # Accuracies are ratios of image counts: a value exactly at a threshold (0.53 - 0.50 vs 0.03) must
 # land on the same side whatever the float rounding of the subtraction.
 _TOL = 1e-9

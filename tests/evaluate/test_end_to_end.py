@@ -168,7 +168,8 @@ def _check_flags(df: pd.DataFrame) -> None:
     assert flags.loc["flag_rising", "value"] == float(rise > 0.02)
     acc = df[(df["metric"] == "acc") & (df["client"] == "mean") & (df["domain"] == "all")]
     near = df[df["metric"] == "flag_near_chance"].set_index("width")["value"]
-    assert near.to_dict() == {w: float(a <= 0.15) for w, a in zip(acc["width"], acc["value"])}
+    expected = {w: float(a <= 0.15) for w, a in zip(acc["width"], acc["value"], strict=True)}
+    assert near.to_dict() == expected
     assert df[df["metric"] == "chance_acc"]["value"].tolist() == [0.1]
 
 

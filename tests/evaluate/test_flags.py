@@ -136,5 +136,5 @@ def test_a_flag_that_is_not_0_or_1_is_refused_on_read(tmp_path):
     text = path.read_text().replace(",flag_rising,1.0,flag", ",flag_rising,0.5,flag")
     assert text != path.read_text()
     path.write_text(text)
-    with pytest.raises(DataError, match=r"eval.csv: row \d+ metric 'flag_rising' = 0.5 is not a flag"):
+    with pytest.raises(DataError, match=r"row \d+ metric 'flag_rising' = 0.5 is not a flag \(0"):
         read_rows(path)
