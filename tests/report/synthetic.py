@@ -65,6 +65,8 @@ class Spec:
     acc: dict[float, float] | None = None
     curve: str = "saturating"  # validation curve: saturating (still rising) | plateau | rising
     flags: bool = False  # add the evaluation's flag rows, decided by its own rule from these rows
+    cost_scale: float = 1.0  # MACs/FLOPs relative to a dense model of the width
+    bytes_scale: float = 1.0  # bytes per round relative to a dense model of the budget
 
     @property
     def split(self) -> str:
@@ -163,10 +165,10 @@ def rows_for(spec: Spec) -> pd.DataFrame:
                 metrics["robust_acc"] = 0.15 + 0.35 * (mix if spec.test_lams else spec.train_lam)
             for metric, center in metrics.items():
                 vals = np.clip(center + rng.normal(0, 0.04, size=n), 0, 1)
-                if spec.acc is not None and metric == "acc":
-                    vals = center + 0.01 * np.resize([1.0, -1.0], n)  # mean exactly the center
+                if spec.acc is not None:  # exact: the mean over clients is the center
+                    vals = center + 0.01 * np.resize([1.0, -1.0], n)
                 rows += _client_rows(spec, metric, list(vals), "fraction", width=width, lam=lam)
-        macs = BASE_MACS[spec.dataset] * width**2
+        macs = BASE_MACS[spec.dataset] * width**2 * spec.cost_scale
         params = BASE_PARAMS[spec.dataset] * width**2
         for metric, value, unit in (
             ("macs", macs, "MAC/sample"),
@@ -177,7 +179,7 @@ def rows_for(spec: Spec) -> pd.DataFrame:
         ):
             rows.append(_row(spec, width=width, metric=metric, value=value, unit=unit))
     trained = [max(spec.widths) if spec.algorithm == "fedavg" else b for b in budgets_of(spec)]
-    nbytes = [4 * BASE_PARAMS[spec.dataset] * w**2 for w in trained]
+    nbytes = [4 * BASE_PARAMS[spec.dataset] * w**2 * spec.bytes_scale for w in trained]
     rows += _client_rows(spec, "bytes_down_per_round", nbytes, "B")
     rows += _client_rows(spec, "bytes_up_per_round", nbytes, "B")
     secs = [0.5 + w * rng.uniform(1, 2) for w in trained]

@@ -12,6 +12,7 @@ import pytest
 
 from splitmix.errors import DataError
 from splitmix.report.load import load_rows, reference_methods
+from splitmix.report.spread import seed_spread, seed_std
 from splitmix.report.tables import build_table1, to_latex, to_markdown, width_label
 
 from .synthetic import (
@@ -269,3 +270,10 @@ def test_loader_refuses_robust_accuracies_from_different_attacks(tmp_path):
                                pgd_steps=3)])  # fmt: skip
     with pytest.raises(DataError, match=r"different PGD attacks \(.*steps 7.*steps 3.*heterofl"):
         load_rows(str(tmp_path / GLOB))
+
+
+def test_seed_spread_is_the_larger_std_and_undefined_for_one_seed():
+    assert seed_std([0.79, 0.85]) == pytest.approx(0.03 * math.sqrt(2))
+    assert math.isnan(seed_std([0.8]))
+    assert seed_spread(0.01, 0.03) == seed_spread(0.03, 0.01) == 0.03
+    assert math.isnan(seed_spread(math.nan, 0.03))
