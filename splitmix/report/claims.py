@@ -439,7 +439,7 @@ def _compare(i: int, check: Check, width: float | None, task, flags) -> Part:
     if reason := _precondition(check, task, seeds, wa, wb):
         part.reason = reason
     elif part.flagged:
-        part.reason = "under-trained runs: " + "; ".join(part.flagged)
+        part.reason = _flagged_reason(part.flagged)
     elif math.isnan(part.margin):
         part.reason = "one common seed: no seed spread to compare with (run at least 2 seeds)"
     else:
@@ -447,6 +447,12 @@ def _compare(i: int, check: Check, width: float | None, task, flags) -> Part:
         part.verdict = HELD if holds(part.difference, part.margin) else NOT_HELD
         part.reason = f"needs {rule}"
     return part
+
+
+def _flagged_reason(flagged: list[str]) -> str:
+    """The flagged runs by name; their reasons are listed once, under "Under-trained runs"."""
+    names = ", ".join(f.split(":")[0] for f in flagged)
+    return f"under-trained runs: {names} (reasons under Under-trained runs)"
 
 
 def _precondition(check: Check, task, seeds, wa, wb) -> str:
@@ -545,7 +551,7 @@ def _not_dominated(i: int, check: Check, task, flags) -> Part:
     evidence = _domination_text(check, a_pts, b_pts)
     beaten = [p for p in a_pts if any(dominates(q, p) for q in b_pts)]
     if part.flagged:
-        part.reason = "under-trained runs: " + "; ".join(part.flagged) + f". {evidence}"
+        part.reason = f"{_flagged_reason(part.flagged)}. {evidence}"
         return part
     ok = not beaten if check.require == "every_point" else len(beaten) < len(a_pts)
     part.verdict = HELD if ok else NOT_HELD

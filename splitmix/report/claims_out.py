@@ -61,7 +61,7 @@ def summary_line(verdicts: list[Verdict], md_path: Path) -> str:
 
 
 def _seeds(seeds: tuple[int, ...]) -> str:
-    return ", ".join(map(str, seeds)) or "none"
+    return ("seed " if len(seeds) == 1 else "seeds ") + (", ".join(map(str, seeds)) or "none")
 
 
 def _pm(metric: str, mean: float, std: float) -> str:
@@ -81,7 +81,7 @@ def part_text(p: Part) -> str:
         spread = fmt_value(p.metric, p.spread, diff=True) if not math.isnan(p.spread) else "–"
         body = (
             f"{p.method_a} {_pm(p.metric, p.a_mean, p.a_std)} vs {p.method_b} "
-            f"{_pm(p.metric, p.b_mean, p.b_std)} (seeds {_seeds(p.seeds)}): difference "
+            f"{_pm(p.metric, p.b_mean, p.b_std)} ({_seeds(p.seeds)}): difference "
             f"{fmt_value(p.metric, p.difference, signed=True)}, seed spread {spread}, margin "
             f"{margin}; {p.reason}"
         )

@@ -164,7 +164,9 @@ def test_flagged_runs_make_every_claim_using_them_not_testable(tmp_path):
         assert got[claim].verdict == NOT_TESTABLE, claim
     flagged = got["c"].parts[0].flagged
     assert flagged == ["sheterofl seed 1: test accuracy near chance (10% + 5 points) at ×1/8 12.0%"]
-    assert got["c"].parts[0].reason == "under-trained runs: " + flagged[0]
+    assert got["c"].parts[0].reason == (
+        "under-trained runs: sheterofl seed 1 (reasons under Under-trained runs)"
+    )
     assert got["b"].verdict == HELD
     e = got["e"].parts[0]
     assert e.verdict == NOT_TESTABLE
