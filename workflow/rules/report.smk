@@ -2,21 +2,17 @@
 # them without any training or evaluation job.
 
 
-def claims_file():
-    """workflow.claims as a path (working directory first, then this repository), or None."""
-    name = WF["claims"]
-    if name is None:
-        return None
-    for path in (Path(name), REPO / name):
-        if path.is_file():
-            return str(path)
+# workflow.claims as a path: the working directory first, then this repository; None = no check.
+CLAIMS_NAME = WF["claims"]
+CLAIMS = CLAIMS_NAME and next(
+    (str(p) for p in (Path(CLAIMS_NAME), REPO / CLAIMS_NAME) if p.is_file()), None
+)
+if CLAIMS_NAME and CLAIMS is None:
     raise WorkflowError(
-        f"config error in {_config_source()} at workflow.claims: {name!r} does not exist (in the "
-        f"working directory or in {REPO}); name a claims file (docs/claims.md) or set it to null"
+        f"config error in {_config_source()} at workflow.claims: {CLAIMS_NAME!r} does not exist "
+        f"(in the working directory or in {REPO}); name a claims file (docs/claims.md) or set "
+        "it to null"
     )
-
-
-CLAIMS = claims_file()
 
 
 rule report:
