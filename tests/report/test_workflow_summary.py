@@ -61,3 +61,11 @@ def test_workflow_without_claims_writes_none(tmp_path):
     assert not (tmp_path / "figures" / "test" / "claims.md").exists()
     assert "under-trained: 0 of 7 runs flagged -> figures/test/table1.md" in proc.stdout
     assert "claims:" not in proc.stdout
+
+
+def test_a_missing_claims_file_stops_the_workflow_before_any_job(tmp_path):
+    config = write_config(tmp_path / "c.yaml", tiny_config(claims="nope.yaml"))
+    proc = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(config))
+    assert proc.returncode != 0
+    assert f"config error in {config} at workflow.claims: 'nope.yaml' does not exist" in proc.stdout
+    assert "Job stats" not in proc.stdout
