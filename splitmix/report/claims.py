@@ -492,6 +492,8 @@ class Point:
 
 
 def _widest(task: pd.DataFrame, side: Side, metric: str) -> float:
+    if not (task["method"] == side.method).any():
+        raise Missing(f"no rows of {side.method}")
     if side.width is not None:
         return side.width
     sel = task[(task["method"] == side.method) & (task["metric"] == metric)]["width"].dropna()

@@ -20,10 +20,10 @@ FLAG_COLUMNS = (*RUN_KEYS, "checked", "flagged", "reason")
 def run_flags(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per run of ``rows``: ``checked`` (has flag rows), ``flagged`` and ``reason``."""
     out = []
-    for key, g in rows.groupby(list(RUN_KEYS), sort=True):
-        g = g[g["round"] == TEST_ROUND]
+    for key, run in rows.groupby(list(RUN_KEYS), sort=True):
+        g = run[run["round"] == TEST_ROUND]
         checked = bool(g["metric"].isin(["flag_rising", "flag_near_chance"]).any())
-        reasons = [r for r in (_rising(g), _near_chance(g)) if r]
+        reasons = [r for r in (_rising(g, run), _near_chance(g)) if r]
         out.append((*key, checked, bool(reasons), "; ".join(reasons)))
     return pd.DataFrame(out, columns=list(FLAG_COLUMNS))
 
@@ -33,7 +33,8 @@ def _value(g: pd.DataFrame, metric: str) -> float:
     return float(sel.iloc[0]) if len(sel) else math.nan
 
 
-def _rising(g: pd.DataFrame) -> str:
+def _rising(g: pd.DataFrame, run: pd.DataFrame) -> str:
+    """The rising flag in words; ``run`` (all rows of the run) gives the number of validations."""
     from splitmix.report.tables import width_label  # tables imports this module
 
     flag = g[(g["metric"] == "flag_rising") & (g["value"] == 1.0)]
@@ -41,13 +42,23 @@ def _rising(g: pd.DataFrame) -> str:
         return ""
     width = float(flag["width"].iloc[0])
     rise = g[(g["metric"] == "val_rise") & (g["width"] == width)]["value"]
-    k, margin = _value(g, "flag_window"), _value(g, "flag_rise_margin")
     if rise.empty:
         return f"fewer than 2 validations at {width_label(width)}: cannot show learning stopped"
+    curve = run[
+        (run["metric"] == "val_acc")
+        & (run["width"] == width)
+        & (run["client"] == "mean")
+        & (run["lam"].isna() | (run["lam"] == 0.0))
+    ]
+    # the rule compares k = min(window, n // 2) validations with the k before (evaluate.flags)
+    k = min(_value(g, "flag_window"), len(curve) // 2) if len(curve) else _value(g, "flag_window")
+    what = "the last validation vs the one before" if k == 1 else (
+        f"best of the last {k:g} validations vs the {k:g} before"
+    )  # fmt: skip
     return (
         f"validation accuracy still rising at {width_label(width)}: "
-        f"{100 * float(rise.iloc[0]):+.1f} points, best of the last {k:g} validations vs the "
-        f"{k:g} before (margin {100 * margin:g})"
+        f"{100 * float(rise.iloc[0]):+.1f} points, {what} "
+        f"(margin {100 * _value(g, 'flag_rise_margin'):g} points)"
     )
 
 

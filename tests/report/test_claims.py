@@ -137,7 +137,7 @@ def test_missing_rows_make_claims_not_testable_with_the_reason(tmp_path):
     acc["sheterofl"] = {w: a for w, a in ACC["sheterofl"].items() if w != 1.0}
     got = verdicts(tmp_path, specs(acc))
     assert got["e"].verdict == NOT_TESTABLE
-    assert got["e"].parts[0].reason == "no acc rows of splitmix_dbn"
+    assert got["e"].parts[0].reason == "no rows of splitmix_dbn"
     assert got["b"].parts[0].reason == "no rows of fedavg_x0.125"
     assert got["c"].parts[0].reason == "no macs rows of sheterofl at ×1"
     # a: three widths held, x1 missing -> the claim as a whole cannot be called held

@@ -11,6 +11,9 @@ import pandas as pd
 import pytest
 
 from splitmix.errors import DataError
+from splitmix.evaluate.flags import FlagRule, flag_rows
+from splitmix.evaluate.rows import RunKey, to_frame
+from splitmix.report.flags import run_flags
 from splitmix.report.load import load_rows, reference_methods
 from splitmix.report.spread import seed_spread, seed_std
 from splitmix.report.tables import build_table1, to_latex, to_markdown, width_label
@@ -185,6 +188,7 @@ def test_under_trained_cells_carry_a_double_dagger_and_the_reason(tmp_path):
     reasons = table.loc["sheterofl", "flags"]
     assert reasons.startswith("seed 1: test accuracy near chance (10% + 5 points) at ×1/8 12.0%")
     assert "seed 2: validation accuracy still rising at ×1/8: +" in reasons
+    assert reasons.endswith("best of the last 3 validations vs the 3 before (margin 2 points)")
     md = to_markdown(table.reset_index())
     assert "| 21.00 ± 12.73 ‡ | **81.00 ± 1.41** |" in md  # flagged cells still compete
     notes = md.split("‡ Under-trained runs:")[1]
@@ -277,3 +281,18 @@ def test_seed_spread_is_the_larger_std_and_undefined_for_one_seed():
     assert math.isnan(seed_std([0.8]))
     assert seed_spread(0.01, 0.03) == seed_spread(0.03, 0.01) == 0.03
     assert math.isnan(seed_spread(math.nan, 0.03))
+
+
+def test_flag_reason_of_a_two_round_run_compares_its_two_validations():
+    key = RunKey("digits", "feature", "splitmix", "splitmix", 1)
+    rows = [
+        key.row("val_acc", v, round=r, width=1.0, client="mean", domain="all")
+        for r, v in enumerate((0.30, 0.42))
+    ] + [key.row("acc", 0.45, width=1.0, client="mean", domain="all")]
+    frame = to_frame(rows + flag_rows(key, rows, num_classes=10, rule=FlagRule()))
+    flags = run_flags(frame)
+    assert flags[["checked", "flagged"]].values.tolist() == [[True, True]]
+    assert flags["reason"].iloc[0] == (
+        "validation accuracy still rising at ×1: +12.0 points, the last validation vs the one "
+        "before (margin 2 points)"
+    )
