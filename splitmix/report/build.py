@@ -1,4 +1,5 @@
-"""Build the whole report (Table 1, every figure whose rows exist, manifest) from rows alone.
+"""Build the whole report (Table 1, the claims check, every figure whose rows exist, the summary
+lines and the manifest) from rows alone.
 
 No training and no model evaluation happen here: the inputs are evaluation rows and the run
 records beside them. Everything is rewritten on every call (it is cheap), atomically; figure files
