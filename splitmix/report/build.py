@@ -159,7 +159,8 @@ def _write_claims(
             report.claims.append(out / name)
         report.summary.append(claims_out.summary_line(verdicts, md_path))
     else:
-        for name in CLAIM_FILES:  # a report without claims must not show an old verdict
+        # a report without claims must not show an old verdict (nor its snakemake --report page)
+        for name in (*CLAIM_FILES, caption_file(Path(CLAIM_FILES[0]).stem)):
             (out / name).unlink(missing_ok=True)
     report.summary.append(
         f"under-trained: {len(flagged)} of {len(flags)} runs flagged -> {out / TABLE_FILES[1]}"

@@ -284,12 +284,14 @@ def test_report_writes_claims_files_and_the_summary(tmp_path):
     csv = (out / "claims.csv").read_text().splitlines()
     assert csv[0].startswith("claim,dataset,split,claim_verdict,check,kind,description,")
     assert len(csv) == 1 + 4 + 1 + 1 + 1 + 1  # a has one row per width
+    assert "claims: 5 held, 0 not held, 0 not testable" in (out / "claims.rst").read_text()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["tables"][1]["files"] == ["claims.md", "claims.csv"]
     assert manifest["summary"] == report.summary
     # a report without a claims file removes the old verdicts
     report = make_report(str(tmp_path / GLOB), out, ("png",), only=["participation"], claims=None)
     assert not (out / "claims.md").exists() and not (out / "claims.csv").exists()
+    assert not (out / "claims.rst").exists() and (out / "table1.rst").exists()
     assert (out / "summary.txt").read_text().startswith("under-trained: 0 of 10 runs flagged")
 
 
