@@ -219,10 +219,14 @@ def _same(s: Spec) -> dict:
 
 
 # ---- the claims file -----------------------------------------------------------------------
-def test_the_repository_claims_file_parses():
+def test_the_repository_claims_files_parse():
     claims = read_claims(REPO / "config" / "claims.yaml")
     assert [c.id for c in claims] == list("abcde")
     assert {ch.kind for c in claims for ch in c.checks} == {"compare", "not_dominated"}
+    paper = read_claims(REPO / "config" / "claims-paper.yaml")
+    assert [(c.id, c.dataset) for c in paper][-2:] == [("e-domainnet", "domainnet"),
+                                                      ("e-cifar10", "cifar10")]  # fmt: skip
+    assert len(paper[-1].checks[0].b) == 4
 
 
 @pytest.mark.parametrize(
