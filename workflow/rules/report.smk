@@ -44,9 +44,11 @@ rule report:
         "> {log} 2>&1"
 
 
-# The report writes its summary (claims verdicts, under-trained runs) to summary.txt; print it as
-# the run's last words so nobody has to open the folder to learn whether the claims held.
+# The one onsuccess handler of the workflow (Snakemake keeps only the last one defined): the done
+# line, then the summary the report wrote (claims verdicts, under-trained runs), so nobody has to
+# open the folder to learn whether the claims held.
 onsuccess:
+    print(f"done: {len(RUNS)} runs in results/, report in {REPORT_DIR}/")
     summary = Path(REPORT_DIR) / "summary.txt"
     if summary.is_file():
         print(summary.read_text().rstrip("\n"))
