@@ -26,8 +26,7 @@ rule all:
         REPORT_DIR,
 
 
-onsuccess:
-    print(f"done: {len(RUNS)} runs in results/, report in {REPORT_DIR}/")
+# onsuccess: workflow/rules/report.smk (the done line, then the report's claims summary)
 
 
 onerror:

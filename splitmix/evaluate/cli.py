@@ -8,6 +8,7 @@ from pathlib import Path
 
 from splitmix.config import AdvConfig
 from splitmix.errors import ConfigError
+from splitmix.evaluate.flags import FlagRule
 
 
 def parse_floats(text: str, what: str) -> tuple[float, ...]:
@@ -81,6 +82,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="PGD step (default: min(1.25 eps, eps + 4/255) / steps, the original's rule)",
     )
+    rule = FlagRule()
+    p.add_argument(
+        "--flag-window",
+        type=int,
+        default=rule.window,
+        help=f"under-training flag: validations compared, last k vs the k before ({rule.window})",
+    )
+    p.add_argument(
+        "--flag-rise",
+        type=float,
+        default=rule.rise,
+        help=f"flag a run whose validation accuracy rose more than this ({rule.rise:g})",
+    )
+    p.add_argument(
+        "--flag-chance",
+        type=float,
+        default=rule.chance_margin,
+        help=f"flag accuracy <= 1/classes + this ({rule.chance_margin:g})",
+    )
     p.add_argument("--out", type=Path, default=None, help="rows file (default RUN/eval.csv)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the run's)")
     p.add_argument("--device", default=None, help="e.g. cpu or cuda (default: the run's)")
@@ -104,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         device=args.device,
         progress=not args.no_progress,
+        flags=FlagRule(args.flag_window, args.flag_rise, args.flag_chance),
     )
     out = args.out or args.run / EVAL
     if out.is_dir():  # checked before the evaluation, which can take a long time

@@ -86,7 +86,16 @@ METRICS: dict[str, Metric] = {
     "pgd_eps": Metric("intensity", False, "L-inf radius of the evaluation PGD, inputs in [0, 1]"),
     "pgd_steps": Metric("count", False, "iterations of the evaluation PGD"),
     "pgd_step_size": Metric("intensity", False, "step of the evaluation PGD"),
+    # under-training flags (splitmix.evaluate.flags): 1 = flagged, 0 = not, with their evidence
+    "flag_rising": Metric("flag", True, "widest width's validation accuracy still rising"),
+    "flag_near_chance": Metric("flag", True, "clean mean test accuracy within a margin of chance"),
+    "val_rise": Metric("fraction_change", True, "best of last k validations - best of k before"),
+    "chance_acc": Metric("fraction", False, "accuracy of guessing: 1 / number of classes"),
+    "flag_window": Metric("count", False, "k of the rising rule (validations compared)"),
+    "flag_rise_margin": Metric("fraction", False, "a rise above this flags a run"),
+    "flag_chance_margin": Metric("fraction", False, "accuracy <= chance + this flags a run"),
 }
+FLAG_METRICS = ("flag_rising", "flag_near_chance")
 
 
 @dataclass(frozen=True)
@@ -206,12 +215,20 @@ def _check_values(df: pd.DataFrame, where: str) -> None:
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise DataError(f"{where}: row {i} metric {df['metric'].iloc[i]!r} has no finite value")
-    frac = (df["metric"].map(lambda m: METRICS[m].unit) == "fraction") & ~df["value"].between(0, 1)
+    units = df["metric"].map(lambda m: METRICS[m].unit)
+    frac = (units == "fraction") & ~df["value"].between(0, 1)
     if frac.any():
         i = _first(frac)
         raise DataError(
             f"{where}: row {i} metric {df['metric'].iloc[i]!r} = {df['value'].iloc[i]} is not a "
             "fraction in [0, 1]"
+        )
+    flag = (units == "flag") & ~df["value"].isin((0.0, 1.0))
+    if flag.any():
+        i = _first(flag)
+        raise DataError(
+            f"{where}: row {i} metric {df['metric'].iloc[i]!r} = {df['value'].iloc[i]} is not a "
+            "flag (0 or 1)"
         )
 
 

@@ -5,7 +5,8 @@ best-validation state from ``best.pt``; then for every width (default: the algor
 ``eval_widths()``) and, for dual-BN models, every test lambda (default ``adv.test_lams`` of an
 adversarially trained run): the model's cost, and each client's clean and PGD accuracy on its TEST
 set (with per-domain means and the unweighted mean over clients, as the paper reports); finally the
-communication, per-round times and validation curves of the run's logs.
+communication, per-round times and validation curves of the run's logs, and the under-training
+flags drawn from those rows (``evaluate.flags``).
 
 One assembled model per (width, lambda) serves every client unless BN is local (FedBN): by the
 ``Algorithm.assemble`` contract the only client-specific part of an assembled model is the client's
@@ -45,6 +46,7 @@ from splitmix.evaluate.communication import (
 )
 from splitmix.evaluate.cost import model_cost
 from splitmix.evaluate.fast import inference_model
+from splitmix.evaluate.flags import FlagRule, flag_rows
 from splitmix.evaluate.robustness import attack_seed
 from splitmix.evaluate.rows import RunKey, client_rows, to_frame, write_rows
 from splitmix.fl.algorithm import Algorithm
@@ -71,6 +73,7 @@ class EvalOptions:
     device: str | None = None  # None = the run's ``device``
     large_batch: int = LARGE_BATCH
     progress: bool = False
+    flags: FlagRule = FlagRule()  # when a run counts as under-trained (evaluate.flags)
 
 
 @dataclass
@@ -275,6 +278,7 @@ def evaluate_run(
         logs = log_rows(run)  # first: a damaged log fails in seconds, not after the evaluation
         maybe_sort_bases(run)
         rows = model_rows(run, options) + logs
+        rows += flag_rows(run.key, rows, run.federation.num_classes, options.flags)
         if options.attack:
             pgd = options.pgd
             rows += [

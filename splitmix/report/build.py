@@ -1,4 +1,5 @@
-"""Build the whole report (Table 1, every figure whose rows exist, manifest) from rows alone.
+"""Build the whole report (Table 1, the claims check, every figure whose rows exist, the summary
+lines and the manifest) from rows alone.
 
 No training and no model evaluation happen here: the inputs are evaluation rows and the run
 records beside them. Everything is rewritten on every call (it is cheap), atomically; figure files
@@ -18,7 +19,10 @@ import pandas as pd
 
 from splitmix.atomic import atomic_write_text
 from splitmix.errors import ConfigError
+from splitmix.report import claims_out
 from splitmix.report import figures as F
+from splitmix.report.claims import Claim, check_claims, read_claims
+from splitmix.report.flags import flagged_runs, run_flags
 from splitmix.report.load import load_rows, reference_methods
 from splitmix.report.outputs import save_figure
 from splitmix.report.rst import caption_file, write_caption, write_markdown_fragments
@@ -29,6 +33,15 @@ MANIFEST = "manifest.json"
 TABLE_FILES = ("table1.csv", "table1.md", "table1.tex")
 # Figures that compare methods side by side honour --methods; variant figures use every run.
 METHOD_FIGURES = ("convergence", "per_domain", "client_stats", "flops_accuracy")
+CLAIM_FILES = ("claims.md", "claims.csv")
+SUMMARY = (
+    "summary.txt"  # the lines `snakemake` prints when the run ends (workflow/rules/report.smk)
+)
+CLAIMS_CAPTION = (
+    "Claims check: each claim of the claims file with the numbers behind it (means, seed "
+    "spread, seeds) and its verdict: held, not held, or not testable (missing rows, or a run it "
+    "relies on flagged as under-trained)."
+)
 TABLE_CAPTION = (
     "Table 1: test accuracy [%] (mean ± std over seeds of the unweighted client mean), MACs per "
     "sample and parameters per width, per method and task; FedAvg widths wider than the smallest "
@@ -42,6 +55,8 @@ class Report:
     made: list[tuple[str, list[Path], str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)  # variant methods left out of Table 1
+    claims: list[Path] = field(default_factory=list)  # claims.md, claims.csv (if checked)
+    summary: list[str] = field(default_factory=list)  # the lines of summary.txt
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -83,15 +98,20 @@ def make_report(
     formats: tuple[str, ...] = ("png", "pdf"),
     methods: list[str] | None = None,
     only: list[str] | None = None,
+    claims: Path | None = None,
 ) -> Report:
-    """Write Table 1, the figures and ``manifest.json`` into ``out``; return what was done.
+    """Write Table 1, the claims check, the figures, ``summary.txt`` and ``manifest.json`` into
+    ``out``; return what was done.
 
     ``methods`` (globs) picks the methods of Table 1 and the method-comparison figures; without
     it they show every non-AT method at its algorithm's usual settings (``reference_methods``).
+    ``claims``: the claims file to check (docs/claims.md); None writes no claims files.
     """
     out = Path(out)
+    declared = read_claims(claims) if claims is not None else None  # a bad file fails first
     rows = load_rows(rows_glob)
     report = Report()
+    _write_claims(out, rows, claims, declared, report)
     if methods:
         chosen = select_methods(rows, methods)
     else:
@@ -115,9 +135,36 @@ def make_report(
                 # the caption snakemake --report shows beside this figure (workflow/report/)
                 write_caption(out / result.name, result.caption, files)
                 report.made.append((result.name, files, result.caption))
+    atomic_write_text(out / SUMMARY, "".join(f"{line}\n" for line in report.summary))
     _write_manifest(out, report, rows_glob)
     write_markdown_fragments(out)  # last: every table written above gets its fragment
     return report
+
+
+def _write_claims(
+    out: Path, rows: pd.DataFrame, path: Path | None, claims: list[Claim] | None, report: Report
+) -> None:
+    """claims.md and claims.csv (or remove an earlier report's), and the summary lines."""
+    flags = run_flags(rows)
+    flagged = flagged_runs(flags, flags)
+    md_path = out / CLAIM_FILES[0]
+    if claims is not None and path is not None:
+        verdicts = check_claims(rows, claims)
+        texts = (
+            claims_out.to_markdown(verdicts, path, md_path, flagged, len(flags)),
+            claims_out.to_csv(verdicts),
+        )
+        for name, text in zip(CLAIM_FILES, texts, strict=True):
+            atomic_write_text(out / name, text)
+            report.claims.append(out / name)
+        report.summary.append(claims_out.summary_line(verdicts, md_path))
+    else:
+        # a report without claims must not show an old verdict (nor its snakemake --report page)
+        for name in (*CLAIM_FILES, caption_file(Path(CLAIM_FILES[0]).stem)):
+            (out / name).unlink(missing_ok=True)
+    report.summary.append(
+        f"under-trained: {len(flagged)} of {len(flags)} runs flagged -> {out / TABLE_FILES[1]}"
+    )
 
 
 def _write_manifest(out: Path, report: Report, rows_glob: str | list[str]) -> None:
@@ -130,7 +177,19 @@ def _write_manifest(out: Path, report: Report, rows_glob: str | list[str]) -> No
             path.unlink()
     manifest = {
         "rows": rows_glob,
-        "tables": [{"name": "table1", "files": list(TABLE_FILES), "caption": TABLE_CAPTION}],
+        "tables": [{"name": "table1", "files": list(TABLE_FILES), "caption": TABLE_CAPTION}]
+        + (
+            [
+                {
+                    "name": "claims",
+                    "files": [p.name for p in report.claims],
+                    "caption": CLAIMS_CAPTION,
+                }
+            ]
+            if report.claims
+            else []
+        ),
+        "summary": report.summary,
         "figures": [
             {
                 "name": name,

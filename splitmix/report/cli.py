@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+DEFAULT_CLAIMS = Path("config/claims.yaml")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -35,11 +37,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--only", default=None, help="comma-separated figure kinds to build (default: all)"
     )
+    p.add_argument(
+        "--claims",
+        default=None,
+        metavar="FILE",
+        help=f"claims file to check into claims.md/claims.csv (docs/claims.md); 'none' skips it "
+        f"(default: {DEFAULT_CLAIMS} if it exists)",
+    )
     p.set_defaults(func=_run)
 
 
 def _split(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def claims_path(text: str | None) -> Path | None:
+    """--claims: a file, 'none', or (absent) the default file if the current folder has one."""
+    if text is None:
+        return DEFAULT_CLAIMS if DEFAULT_CLAIMS.is_file() else None
+    return None if text.strip().lower() == "none" else Path(text)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -58,6 +74,7 @@ def _run(args: argparse.Namespace) -> int:
         parse_formats(args.formats),
         methods=_split(args.methods),
         only=only,
+        claims=claims_path(args.claims),
     )
     for path in report.tables:
         print(f"table   {path}")
@@ -71,5 +88,9 @@ def _run(args: argparse.Namespace) -> int:
         )
     for name, reason in report.skipped:
         print(f"skipped {name}: {reason}")
+    for path in report.claims:
+        print(f"claims  {path}")
     print(f"manifest {args.out / 'manifest.json'}")
+    for line in report.summary:
+        print(line)
     return 0

@@ -8,6 +8,13 @@ FedAvg width wider than the smallest client budget trains some clients beyond th
 flagged (``budget_violating``), greyed in LaTeX, marked with a dagger in Markdown and never counts
 as the best of its row.
 
+Best of a row (``mark``): the highest budget-respecting mean is ``best`` (bold) only when it is
+ahead of every other budget-respecting entry of the row by more than their seed spread
+(``splitmix.report.spread``); otherwise it and every entry within the spread of it are ``tie``
+(marked ≈, nothing bold). A row where some entry has a single seed has no spread and no mark.
+Cells of runs the evaluation flagged as under-trained (``undertrained``) carry a double dagger and
+the reasons are listed under the table.
+
 Layout: one row per task x width, one accuracy / MACs / params column per method, so "best per
 row" compares methods at the same width.
 """
@@ -22,7 +29,9 @@ from fractions import Fraction
 import numpy as np
 import pandas as pd
 
+from splitmix.report.flags import run_flags
 from splitmix.report.load import client_mean, model_metric
+from splitmix.report.spread import SPREAD_DEFINITION, seed_spread
 
 ALGORITHM_ORDER = ("fedavg", "heterofl", "sheterofl", "splitmix")
 CSV_COLUMNS = (
@@ -39,9 +48,15 @@ CSV_COLUMNS = (
     "params",
     "budget_violating",
     "note",
+    "mark",
+    "undertrained",
+    "flags",
 )
 VIOLATES_NOTE = "violates budget"
 DAGGER = "†"
+DDAGGER = "‡"  # under-trained run
+TIE = "≈"
+BEST, TIED = "best", "tie"
 _WIDTH_SUFFIX = re.compile(r"_x[0-9.]+$")
 
 
@@ -95,8 +110,44 @@ def build_table1(rows: pd.DataFrame) -> pd.DataFrame:
     table["column"] = [
         column_name(m, a) for m, a in zip(table["method"], table["algorithm"], strict=True)
     ]
+    table = _add_flags(table, clean)
+    table["mark"] = _marks(table)
     table = table.sort_values(["dataset", "split", "width", "column", "method"], kind="stable")
     return table[list(CSV_COLUMNS)].reset_index(drop=True)
+
+
+def _add_flags(table: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """``undertrained`` (any seed's run flagged) and ``flags`` ("seed N: reason; ...") per cell."""
+    flags = run_flags(rows)
+    flags = flags[flags["flagged"]]
+    text: dict[tuple[str, str, str], list[str]] = {}
+    for r in flags.itertuples():
+        text.setdefault((r.dataset, r.split, r.method), []).append(f"seed {r.seed}: {r.reason}")
+    keys = list(zip(table["dataset"], table["split"], table["method"], strict=True))
+    table["flags"] = ["; ".join(text.get(k, [])) for k in keys]
+    table["undertrained"] = table["flags"] != ""
+    return table
+
+
+def _marks(table: pd.DataFrame) -> pd.Series:
+    """``best`` / ``tie`` / "" per cell by the rule of the module docstring."""
+    marks = pd.Series("", index=table.index, dtype=object)
+    eligible = table[~table["budget_violating"] & table["acc_mean"].notna()]
+    for _, row in eligible.groupby(["dataset", "split", "width"]):
+        if len(row) < 2 or row["acc_std"].isna().any():
+            continue  # nothing to beat, or no spread to beat it by
+        top = row.loc[row["acc_mean"].idxmax()]
+        gaps = {
+            i: (top["acc_mean"] - c["acc_mean"], seed_spread(top["acc_std"], c["acc_std"]))
+            for i, c in row.iterrows()
+            if i != top.name
+        }
+        tied = [i for i, (gap, spread) in gaps.items() if gap <= spread]
+        if not tied:
+            marks[top.name] = BEST
+        else:
+            marks[[top.name, *tied]] = TIED
+    return marks
 
 
 def to_csv(table: pd.DataFrame) -> str:
@@ -135,40 +186,42 @@ def _cell(table: pd.DataFrame, dataset: str, split: str, width: float, col: str)
     return hit.iloc[0] if len(hit) else None
 
 
-def _best(cells: list[pd.Series | None]) -> set[int]:
-    """Indices of the best non-violating accuracy (ties at display precision all win)."""
-    scores = {
-        i: round(100 * c["acc_mean"], 2)
-        for i, c in enumerate(cells)
-        if c is not None and not c["budget_violating"] and not math.isnan(c["acc_mean"])
-    }
-    if not scores:
-        return set()
-    top = max(scores.values())
-    return {i for i, s in scores.items() if s == top}
-
-
 def _row_cells(
     table: pd.DataFrame, dataset: str, split: str, width: float, cols: list[str], tex: bool
 ) -> tuple[list[str], list[str], list[str]]:
     cells = [_cell(table, dataset, split, width, c) for c in cols]
-    best = _best(cells)
     acc, macs, params = [], [], []
-    for i, c in enumerate(cells):
+    for c in cells:
         if c is None:
             acc.append("–")
             macs.append("–")
             params.append("–")
             continue
-        text = _acc_text(c["acc_mean"], c["acc_std"], tex)
-        if i in best:
-            text = f"\\textbf{{{text}}}" if tex else f"**{text}**"
-        if c["budget_violating"]:
-            text = f"\\textcolor{{gray}}{{{text}$^\\dagger$}}" if tex else f"{text} {DAGGER}"
-        acc.append(text)
+        acc.append(_acc_cell(c, tex))
         macs.append(_sig(c["macs"] / 1e6))
         params.append(_sig(c["params"] / 1e6))
     return acc, macs, params
+
+
+def _acc_cell(c: pd.Series, tex: bool) -> str:
+    """Accuracy text with its marks: bold best, ≈ tie, † violates budget, ‡ under-trained."""
+    text = _acc_text(c["acc_mean"], c["acc_std"], tex)
+    if c["mark"] == BEST:
+        text = f"\\textbf{{{text}}}" if tex else f"**{text}**"
+    elif c["mark"] == TIED:
+        text += " $\\approx$" if tex else f" {TIE}"
+    if c["budget_violating"]:
+        text = f"\\textcolor{{gray}}{{{text}$^\\dagger$}}" if tex else f"{text} {DAGGER}"
+    if c["undertrained"]:
+        text += "$^\\ddagger$" if tex else f" {DDAGGER}"
+    return text
+
+
+def flag_notes(table: pd.DataFrame, dataset: str, split: str) -> list[str]:
+    """``method: seed N: reason`` of every flagged method of one task (each method once)."""
+    sub = table[(table["dataset"] == dataset) & (table["split"] == split) & table["undertrained"]]
+    sub = sub.drop_duplicates("method").sort_values("method")
+    return [f"{r.method}: {r.flags}" for r in sub.itertuples()]
 
 
 def tasks(table: pd.DataFrame) -> list[tuple[str, str]]:
@@ -178,10 +231,14 @@ def tasks(table: pd.DataFrame) -> list[tuple[str, str]]:
 # ---- Markdown -----------------------------------------------------------------------------------
 MD_LEGEND = (
     "Accuracy: mean ± std over seeds of the unweighted mean over clients of the test accuracy [%]; "
-    "**bold** = best in the row among budget-respecting methods. MACs: millions of "
-    "multiply-accumulates per sample [M MAC/sample]. Params: millions of parameters [M, a count, "
-    f"not MB]. {DAGGER} = {VIOLATES_NOTE}: FedAvg trained at a width wider than the smallest "
-    "client budget."
+    "**bold** = best in the row among budget-respecting methods, ahead of each of them by more "
+    f"than the seed spread ({SPREAD_DEFINITION}); {TIE} = tied for best: within the seed spread "
+    "of the row's best mean, so nothing is bold; no mark in a row where a method has one seed. "
+    "MACs: millions of multiply-accumulates per sample [M MAC/sample]. Params: millions of "
+    f"parameters [M, a count, not MB]. {DAGGER} = {VIOLATES_NOTE}: FedAvg trained at a width "
+    f"wider than the smallest client budget. {DDAGGER} = under-trained: the evaluation flagged a "
+    "run of this cell (validation accuracy still rising at the end, or test accuracy near "
+    "chance); its numbers do not show what the method can do. The reasons follow each table."
 )
 
 
@@ -202,6 +259,11 @@ def to_markdown(table: pd.DataFrame) -> str:
             acc, macs, params = _row_cells(table, dataset, split, w, cols, tex=False)
             out.append("| " + " | ".join([width_label(w), *acc, *macs, *params]) + " |")
         out.append("")
+        notes = flag_notes(table, dataset, split)
+        if notes:
+            out += [f"{DDAGGER} Under-trained runs:", ""]
+            out += [f"- {n}" for n in notes]
+            out.append("")
     return "\n".join(out)
 
 
@@ -215,8 +277,11 @@ def to_latex(table: pd.DataFrame) -> str:
         "% Table 1, generated by `python -m splitmix report` from evaluation rows.",
         "% Needs \\usepackage{booktabs} and \\usepackage{xcolor}.",
         "% Accuracy: mean $\\pm$ std over seeds of the client-mean test accuracy [%]; bold = best",
-        "% budget-respecting entry of the row; grey with a dagger = FedAvg wider than the smallest",
-        "% client budget (violates budget). MACs in millions per sample; params in millions.",
+        "% budget-respecting entry of the row, ahead of each other one by more than the seed",
+        "% spread (the larger of the two std over seeds); $\\approx$ = tied for best within it;",
+        "% grey with a dagger = FedAvg wider than the smallest client budget (violates budget);",
+        "% double dagger = under-trained run (listed under the table). MACs in millions per",
+        "% sample; params in millions.",
     ]
     for dataset, split in tasks(table):
         widths, cols = _grid(table, dataset, split)
@@ -240,5 +305,10 @@ def to_latex(table: pd.DataFrame) -> str:
         for w in widths:
             acc, macs, params = _row_cells(table, dataset, split, w, cols, tex=True)
             out.append(" & ".join([width_label(w, tex=True), *acc, *macs, *params]) + " \\\\")
-        out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+        out += ["\\bottomrule", "\\end{tabular}"]
+        notes = flag_notes(table, dataset, split)
+        if notes:
+            text = "; ".join(_tex_escape(n) for n in notes)
+            out.append(f"\\par\\footnotesize $^\\ddagger$ Under-trained runs: {text}")
+        out += ["\\end{table}", ""]
     return "\n".join(out)

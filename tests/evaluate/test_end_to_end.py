@@ -153,6 +153,24 @@ def _check_run_rows(df: pd.DataFrame, widths: tuple[float, ...], federation: Fed
         {"pgd_eps": 8 / 255, "pgd_steps": 7, "pgd_step_size": (10 / 255) / 7}
     )
     assert df["lam"].isna().all()  # no dual BN in these runs
+    _check_flags(df)
+
+
+def _check_flags(df: pd.DataFrame) -> None:
+    """The flag rows restate the run's own rows under the default rule: two validations, so the
+    rise is the second minus the first at the widest width; chance is 1/10 on digits."""
+    widest = df[df["metric"] == "val_acc"]["width"].max()
+    curve = df[(df["metric"] == "val_acc") & (df["width"] == widest)].sort_values("round")
+    rise = curve["value"].iloc[1] - curve["value"].iloc[0]
+    flags = df[df["metric"].isin(["val_rise", "flag_rising"])].set_index("metric")
+    assert flags["width"].tolist() == [widest, widest]
+    assert flags.loc["val_rise", "value"] == pytest.approx(rise)
+    assert flags.loc["flag_rising", "value"] == float(rise > 0.02)
+    acc = df[(df["metric"] == "acc") & (df["client"] == "mean") & (df["domain"] == "all")]
+    near = df[df["metric"] == "flag_near_chance"].set_index("width")["value"]
+    expected = {w: float(a <= 0.15) for w, a in zip(acc["width"], acc["value"], strict=True)}
+    assert near.to_dict() == expected
+    assert df[df["metric"] == "chance_acc"]["value"].tolist() == [0.1]
 
 
 @pytest.mark.slow
@@ -197,11 +215,18 @@ def test_cli_writes_rows_and_a_summary(trained, capsys, tmp_path):
     cli.register(parser.add_subparsers())
     out = tmp_path / "rows.csv"
     args = parser.parse_args(
-        ["evaluate", "--run", str(run_dir), "--no-attack", "--out", str(out), "--no-progress"]
-    )
+        ["evaluate", "--run", str(run_dir), "--no-attack", "--out", str(out), "--no-progress",
+         "--flag-window", "1", "--flag-rise", "0.5", "--flag-chance", "0.9"]
+    )  # fmt: skip
     assert args.func(args) == 0
     df = read_rows(out)
     assert "robust_acc" not in set(df["metric"]) and "acc" in set(df["metric"])
+    # the rule given is the rule recorded and applied: any accuracy <= 0.1 + 0.9 is near chance
+    rule = df[df["metric"].str.startswith("flag_") & df["width"].isna()].set_index("metric")
+    assert rule["value"].to_dict() == {
+        "flag_window": 1.0, "flag_rise_margin": 0.5, "flag_chance_margin": 0.9
+    }  # fmt: skip
+    assert (df[df["metric"] == "flag_near_chance"]["value"] == 1.0).all()
     assert f"to {out}" in capsys.readouterr().out
 
 

@@ -61,6 +61,12 @@ class Spec:
     robust: bool = False  # robust_acc rows (PGD evaluation)
     pgd_steps: int = 7  # the evaluation attack's pgd_* rows, written with robust rows
     record: bool = True  # write run.json
+    # exact clean client-mean test accuracy per width (no noise; clients spread evenly around it)
+    acc: dict[float, float] | None = None
+    curve: str = "saturating"  # validation curve: saturating (still rising) | plateau | rising
+    flags: bool = False  # add the evaluation's flag rows, decided by its own rule from these rows
+    cost_scale: float = 1.0  # MACs/FLOPs relative to a dense model of the width
+    bytes_scale: float = 1.0  # bytes per round relative to a dense model of the budget
 
     @property
     def split(self) -> str:
@@ -144,8 +150,9 @@ def rows_for(spec: Spec) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     for width in spec.widths:
         final = _acc(spec, width) + rng.normal(0, 0.01)
+        final = spec.acc[width] if spec.acc is not None else final
         for r in range(ROUNDS):
-            curve = final * (1 - np.exp(-(r + 1) / 2.0)) + rng.normal(0, 0.005)
+            curve = _curve(spec.curve, final, r) + rng.normal(0, 0.005)
             rows.append(
                 _row(spec, round=r, width=width, lam=val_lam, client="mean", domain="all",
                      metric="val_acc", value=curve, unit="fraction")
@@ -158,8 +165,10 @@ def rows_for(spec: Spec) -> pd.DataFrame:
                 metrics["robust_acc"] = 0.15 + 0.35 * (mix if spec.test_lams else spec.train_lam)
             for metric, center in metrics.items():
                 vals = np.clip(center + rng.normal(0, 0.04, size=n), 0, 1)
+                if spec.acc is not None:  # exact: the mean over clients is the center
+                    vals = center + 0.01 * np.resize([1.0, -1.0], n)
                 rows += _client_rows(spec, metric, list(vals), "fraction", width=width, lam=lam)
-        macs = BASE_MACS[spec.dataset] * width**2
+        macs = BASE_MACS[spec.dataset] * width**2 * spec.cost_scale
         params = BASE_PARAMS[spec.dataset] * width**2
         for metric, value, unit in (
             ("macs", macs, "MAC/sample"),
@@ -170,7 +179,7 @@ def rows_for(spec: Spec) -> pd.DataFrame:
         ):
             rows.append(_row(spec, width=width, metric=metric, value=value, unit=unit))
     trained = [max(spec.widths) if spec.algorithm == "fedavg" else b for b in budgets_of(spec)]
-    nbytes = [4 * BASE_PARAMS[spec.dataset] * w**2 for w in trained]
+    nbytes = [4 * BASE_PARAMS[spec.dataset] * w**2 * spec.bytes_scale for w in trained]
     rows += _client_rows(spec, "bytes_down_per_round", nbytes, "B")
     rows += _client_rows(spec, "bytes_up_per_round", nbytes, "B")
     secs = [0.5 + w * rng.uniform(1, 2) for w in trained]
@@ -185,7 +194,22 @@ def rows_for(spec: Spec) -> pd.DataFrame:
             ("pgd_step_size", step, "intensity"),
         ):
             rows.append(_row(spec, metric=metric, value=value, unit=unit))
+    if spec.flags:
+        from splitmix.evaluate.flags import FlagRule, flag_rows
+        from splitmix.evaluate.rows import RunKey
+
+        key = RunKey(spec.dataset, spec.split, spec.method, spec.algorithm, spec.seed)
+        rows += flag_rows(key, rows, num_classes=10, rule=FlagRule())
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _curve(kind: str, final: float, r: int) -> float:
+    """Validation accuracy after round ``r`` (of ROUNDS) of a run that ends at ``final``."""
+    if kind == "plateau":
+        return final  # reached in the first round: nothing left to gain
+    if kind == "rising":
+        return final * (r + 1) / ROUNDS  # a straight climb, cut off at its top
+    return final * (1 - np.exp(-(r + 1) / 2.0))
 
 
 def record_for(spec: Spec) -> dict[str, Any]:

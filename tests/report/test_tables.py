@@ -11,7 +11,11 @@ import pandas as pd
 import pytest
 
 from splitmix.errors import DataError
+from splitmix.evaluate.flags import FlagRule, flag_rows
+from splitmix.evaluate.rows import RunKey, to_frame
+from splitmix.report.flags import run_flags
 from splitmix.report.load import load_rows, reference_methods
+from splitmix.report.spread import seed_spread, seed_std
 from splitmix.report.tables import build_table1, to_latex, to_markdown, width_label
 
 from .synthetic import (
@@ -103,19 +107,94 @@ def test_markdown_and_latex_list_every_method_and_width(grid):
         assert f"{width_label(w, tex=True)} &" in tex
 
 
-def test_best_per_row_is_bold_and_never_a_violating_entry(grid):
+def _expected_mark(sub: pd.DataFrame) -> dict[str, str]:
+    """The bold/tie rule recomputed from a row's numbers: best only if ahead of every other
+    budget-respecting entry by more than max(std of the two); else it and those within tie."""
+    ok = sub[~sub["budget_violating"]]
+    top = ok.loc[ok["acc_mean"].idxmax()]
+    within = [
+        c["column"]
+        for _, c in ok.iterrows()
+        if c["column"] != top["column"]
+        and top["acc_mean"] - c["acc_mean"] <= max(top["acc_std"], c["acc_std"])
+    ]
+    if not within:
+        return {top["column"]: "best"}
+    return dict.fromkeys([top["column"], *within], "tie")
+
+
+def test_bold_and_tie_marks_follow_the_seed_spread_rule(grid):
     _, _, rows = grid
     table = build_table1(reference_methods(rows)[0])
     md = to_markdown(table)
+    cols = ["fedavg", "sheterofl", "splitmix"]
+    seen = set()
     for w in WIDTHS:
-        sub = table[(table["width"] == w) & ~table["budget_violating"]]
-        best = sub.loc[sub["acc_mean"].idxmax()]
+        sub = table[table["width"] == w]
+        expected = _expected_mark(sub)
+        got = {c: m for c, m in zip(sub["column"], sub["mark"], strict=True) if m}
+        assert got == expected, w
+        seen |= set(expected.values())
         line = next(x for x in md.splitlines() if x.startswith(f"| {width_label(w)} |"))
-        bold = re.findall(r"\*\*([0-9.]+) ±", line)
-        assert bold == [f"{100 * best['acc_mean']:.2f}"]
-        cols = ["fedavg", "sheterofl", "splitmix"]
         cells = [c.strip() for c in line.strip("|").split("|")][1 : 1 + len(cols)]
-        assert cells[cols.index(best["column"])].startswith("**")
+        for col, cell in zip(cols, cells, strict=True):
+            assert cell.startswith("**") == (expected.get(col) == "best"), (w, col)
+            assert ("≈" in cell) == (expected.get(col) == "tie"), (w, col)
+    assert seen == {"best", "tie"}  # this grid has both kinds of rows
+
+
+def _two_seed_specs(accs: dict[str, tuple[float, float]], width: float = 0.125) -> list[Spec]:
+    """One run per method and seed with an exact accuracy at ``width``."""
+    return [
+        Spec("digits", m, m.split("_")[0], seed, (width,), acc={width: a[seed - 1]})
+        for m, a in accs.items()
+        for seed in (1, 2)
+    ]
+
+
+def test_a_lead_larger_than_the_spread_is_bold_and_a_smaller_one_is_a_tie(tmp_path):
+    # splitmix 80/82 (std 1.41), sheterofl 70/72: 10 points ahead -> bold
+    write_runs(tmp_path, _two_seed_specs({"splitmix": (0.80, 0.82), "sheterofl": (0.70, 0.72)}))
+    table = build_table1(load_rows(str(tmp_path / GLOB))).set_index("column")
+    assert table["mark"].to_dict() == {"sheterofl": "", "splitmix": "best"}
+    assert "| 71.00 ± 1.41 | **81.00 ± 1.41** |" in to_markdown(table.reset_index())
+    # heterofl 79/81: 1 point behind, inside the spread 1.41 -> both tied, nothing bold
+    write_runs(tmp_path, _two_seed_specs({"heterofl": (0.79, 0.81)}))
+    table = build_table1(load_rows(str(tmp_path / GLOB)))
+    marks = dict(zip(table["column"], table["mark"], strict=True))
+    assert marks == {"heterofl": "tie", "sheterofl": "", "splitmix": "tie"}
+    md = to_markdown(table)
+    assert "**" not in md.split("## ")[1]
+    assert "| 80.00 ± 1.41 ≈ | 71.00 ± 1.41 | 81.00 ± 1.41 ≈ |" in md
+    assert "81.00 $\\pm$ 1.41 $\\approx$" in to_latex(table) and "textbf" not in to_latex(table)
+
+
+def test_one_seed_gives_no_spread_and_no_mark(tmp_path):
+    specs = _two_seed_specs({"splitmix": (0.9, 0.9), "sheterofl": (0.1, 0.1)})
+    write_runs(tmp_path, [s for s in specs if s.seed == 1])
+    table = build_table1(load_rows(str(tmp_path / GLOB)))
+    assert (table["mark"] == "").all()
+    assert "**" not in to_markdown(table).split("## ")[1]
+
+
+def test_under_trained_cells_carry_a_double_dagger_and_the_reason(tmp_path):
+    specs = _two_seed_specs({"splitmix": (0.80, 0.82), "sheterofl": (0.12, 0.30)})
+    for s in specs:
+        s.flags, s.curve = True, "plateau"
+    specs[-1].curve = "rising"  # sheterofl seed 2 was still climbing
+    write_runs(tmp_path, specs)
+    table = build_table1(load_rows(str(tmp_path / GLOB))).set_index("column")
+    assert table["undertrained"].to_dict() == {"sheterofl": True, "splitmix": False}
+    reasons = table.loc["sheterofl", "flags"]
+    assert reasons.startswith("seed 1: test accuracy near chance (10% + 5 points) at ×1/8 12.0%")
+    assert "seed 2: validation accuracy still rising at ×1/8: +" in reasons
+    assert reasons.endswith("best of the last 3 validations vs the 3 before (margin 2 points)")
+    md = to_markdown(table.reset_index())
+    assert "| 21.00 ± 12.73 ‡ | **81.00 ± 1.41** |" in md  # flagged cells still compete
+    notes = md.split("‡ Under-trained runs:")[1]
+    assert notes.strip().startswith(f"- sheterofl: {reasons}")
+    assert md.count("‡") == 1 + 1 + 1  # legend, the cell, the notes heading
+    assert "$^\\ddagger$ Under-trained runs: sheterofl" in to_latex(table.reset_index())
 
 
 def test_loader_joins_run_config_and_flags(grid):
@@ -195,3 +274,25 @@ def test_loader_refuses_robust_accuracies_from_different_attacks(tmp_path):
                                pgd_steps=3)])  # fmt: skip
     with pytest.raises(DataError, match=r"different PGD attacks \(.*steps 7.*steps 3.*heterofl"):
         load_rows(str(tmp_path / GLOB))
+
+
+def test_seed_spread_is_the_larger_std_and_undefined_for_one_seed():
+    assert seed_std([0.79, 0.85]) == pytest.approx(0.03 * math.sqrt(2))
+    assert math.isnan(seed_std([0.8]))
+    assert seed_spread(0.01, 0.03) == seed_spread(0.03, 0.01) == 0.03
+    assert math.isnan(seed_spread(math.nan, 0.03))
+
+
+def test_flag_reason_of_a_two_round_run_compares_its_two_validations():
+    key = RunKey("digits", "feature", "splitmix", "splitmix", 1)
+    rows = [
+        key.row("val_acc", v, round=r, width=1.0, client="mean", domain="all")
+        for r, v in enumerate((0.30, 0.42))
+    ] + [key.row("acc", 0.45, width=1.0, client="mean", domain="all")]
+    frame = to_frame(rows + flag_rows(key, rows, num_classes=10, rule=FlagRule()))
+    flags = run_flags(frame)
+    assert flags[["checked", "flagged"]].values.tolist() == [[True, True]]
+    assert flags["reason"].iloc[0] == (
+        "validation accuracy still rising at ×1: +12.0 points, the last validation vs the one "
+        "before (margin 2 points)"
+    )

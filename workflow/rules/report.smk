@@ -2,10 +2,24 @@
 # them without any training or evaluation job.
 
 
+# workflow.claims as a path: the working directory first, then this repository; None = no check.
+CLAIMS_NAME = WF["claims"]
+CLAIMS = CLAIMS_NAME and next(
+    (str(p) for p in (Path(CLAIMS_NAME), REPO / CLAIMS_NAME) if p.is_file()), None
+)
+if CLAIMS_NAME and CLAIMS is None:
+    raise WorkflowError(
+        f"config error in {_config_source()} at workflow.claims: {CLAIMS_NAME!r} does not exist "
+        f"(in the working directory or in {REPO}); name a claims file (docs/claims.md) or set "
+        "it to null"
+    )
+
+
 rule report:
     input:
         rows=expand("{run}/eval.csv", run=run_dirs()),
         records=expand("{run}/run.json", run=run_dirs()),
+        claims=CLAIMS or [],
     output:
         # every figure and every Markdown table (Table 1, claims) with its own caption: the
         # report command writes <name>.rst beside each, and entry.rst includes it
@@ -18,6 +32,7 @@ rule report:
         ),
     params:
         rows=lambda wc, input: " ".join(f"--rows {r}" for r in input.rows),
+        claims=f"--claims {CLAIMS}" if CLAIMS else "--claims none",
         extra=" ".join(WF["report_args"]),
     localrule: True
     log:
@@ -25,4 +40,15 @@ rule report:
     conda:
         "../envs/splitmix.yaml"
     shell:
-        "python -m splitmix report {params.rows} --out {output} {params.extra} > {log} 2>&1"
+        "python -m splitmix report {params.rows} {params.claims} --out {output} {params.extra} "
+        "> {log} 2>&1"
+
+
+# The one onsuccess handler of the workflow (Snakemake keeps only the last one defined): the done
+# line, then the summary the report wrote (claims verdicts, under-trained runs), so nobody has to
+# open the folder to learn whether the claims held.
+onsuccess:
+    print(f"done: {len(RUNS)} runs in results/, report in {REPORT_DIR}/")
+    summary = Path(REPORT_DIR) / "summary.txt"
+    if summary.is_file():
+        print(summary.read_text().rstrip("\n"))

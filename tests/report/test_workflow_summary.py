@@ -1,0 +1,74 @@
+"""The workflow's report rule checks the claims and `snakemake` prints the summary at the end.
+
+No training: the run folders of config/test.yaml are filled with synthetic outputs (training files
+first, then eval.csv), so the only job Snakemake has to run is the report.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.workflow import TEST_CONFIG, snakemake, tiny_config, write_config
+
+from .synthetic import WIDTHS, Spec, record_for, rows_for
+
+pytestmark = pytest.mark.slow
+
+METHODS = {f"fedavg_x{w:g}": ("fedavg", (w,)) for w in WIDTHS} | {
+    m: (m, WIDTHS) for m in ("heterofl", "sheterofl", "splitmix")
+}
+
+
+def _fill(workdir, curve: str) -> None:
+    """Finished, evaluated runs of config/test.yaml (digits-mini / tiny, seed 1)."""
+    for method, (algorithm, widths) in METHODS.items():
+        spec = Spec("digits", method, algorithm, 1, widths, flags=True, curve=curve)
+        run = workdir / "results" / "digits-mini" / "tiny" / method / "seed1"
+        run.mkdir(parents=True)
+        record = record_for(spec)
+        record["config"] |= {"dataset": "digits-mini", "split": "tiny"}
+        for name in ("best.pt", "log.csv", "comm.csv"):
+            (run / name).write_text("")
+        (run / "run.json").write_text(json.dumps(record))
+        rows = rows_for(spec).assign(dataset="digits-mini", split="tiny")
+        rows.to_csv(run / "eval.csv", index=False)
+
+
+def test_snakemake_prints_the_claims_summary_of_the_report_it_built(tmp_path):
+    _fill(tmp_path, curve="rising")  # like the tiny CI run: every run still learning
+    proc = snakemake(tmp_path, "--cores", "1", "--configfile", str(TEST_CONFIG))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "train digits-mini/" not in proc.stdout  # the job messages of training ...
+    assert "evaluate digits-mini/" not in proc.stdout  # ... and evaluation: none ran
+    lines = proc.stdout.splitlines()
+    done = lines.index("done: 7 runs in results/, report in figures/test/")
+    assert lines[done + 1 : done + 3] == [
+        "claims: 0 held, 0 not held, 5 not testable -> figures/test/claims.md",
+        "under-trained: 7 of 7 runs flagged -> figures/test/table1.md",
+    ]
+    md = (tmp_path / "figures" / "test" / "claims.md").read_text()
+    assert "## Under-trained runs: 7 of 7" in md
+    assert "under-trained runs: sheterofl seed 1, splitmix seed 1 (reasons under" in md
+    assert "- sheterofl seed 1: validation accuracy still rising at ×1: +" in md
+    table = (tmp_path / "figures" / "test" / "table1.md").read_text()
+    assert table.count("‡") >= 4 * 4  # every cell of the tiny run is marked
+
+
+def test_workflow_without_claims_writes_none(tmp_path):
+    _fill(tmp_path, curve="plateau")
+    config = write_config(tmp_path / "c.yaml", tiny_config(claims=None))
+    proc = snakemake(tmp_path, "--cores", "1", "--configfile", str(config))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert not (tmp_path / "figures" / "test" / "claims.md").exists()
+    assert "under-trained: 0 of 7 runs flagged -> figures/test/table1.md" in proc.stdout
+    assert "claims:" not in proc.stdout
+
+
+def test_a_missing_claims_file_stops_the_workflow_before_any_job(tmp_path):
+    config = write_config(tmp_path / "c.yaml", tiny_config(claims="nope.yaml"))
+    proc = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(config))
+    assert proc.returncode != 0
+    assert f"config error in {config} at workflow.claims: 'nope.yaml' does not exist" in proc.stdout
+    assert "Job stats" not in proc.stdout
