@@ -10,12 +10,14 @@ Layout of the file::
       NAME: {algorithm: REGISTERED_NAME, params: {...}, training: {...}}
     seeds: [1, 2, 3]
     runs:                            # what the workflow builds (and per-run overrides)
-      - {dataset: D, split: S, methods: [M, ...], training: {...}}
+      - {dataset: D, split: S, methods: [M, ...], seeds: [1], training: {...}}
 
 A run's config is the deep merge, later wins, of: built-in defaults <- ``training`` <- the
 dataset's ``training`` <- the named split (as ``split_config``) <- the method's ``training`` <-
-the ``training`` of the ``runs`` entries matching (dataset, split, method). The split sits below
-the method and run layers so that a method or run may adjust e.g. ``split_config.val_ratio``.
+the ``training`` of the ``runs`` entries matching (dataset, split, method, seed). The split sits
+below the method and run layers so that a method or run may adjust e.g.
+``split_config.val_ratio``. A ``runs`` entry's own ``seeds`` replace the top-level list for the
+runs it builds: costly reference runs that no claim needs a spread of can run one seed.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from splitmix.errors import ConfigError
 SECTIONS = ("data_root", "training", "datasets", "methods", "seeds", "runs", "workflow")
 DATASET_KEYS = ("training", "splits")
 METHOD_KEYS = ("algorithm", "params", "training")
-RUN_KEYS = ("dataset", "split", "methods", "training")
+RUN_KEYS = ("dataset", "split", "methods", "seeds", "training")
 RESERVED = ("dataset", "split", "method", "algorithm", "seed", "method_params", "data_root")
 
 
@@ -122,10 +124,14 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
         run = _mapping(run, f"runs[{i}]")
         _check_keys(run, RUN_KEYS, f"runs[{i}]")
         _check_training(_mapping(run.get("training"), f"runs[{i}].training"), f"runs[{i}].training")
-    seeds = exp.get("seeds", [1])
-    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
-        raise ConfigError(f"seeds must be a list of integers, got {seeds!r}")
+        _check_seeds(run.get("seeds", [1]), f"runs[{i}].seeds")
+    _check_seeds(exp.get("seeds", [1]), "seeds")
     return exp
+
+
+def _check_seeds(seeds: Any, where: str) -> None:
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"{where} must be a non-empty list of integers, got {seeds!r}")
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -146,14 +152,23 @@ def _pick(section: dict[str, Any], name: str, kind: str, hint: str) -> dict[str,
     return _mapping(section[name], f"{kind} {name}")
 
 
-def _run_entries(exp: dict[str, Any], dataset: str, split: str, method: str) -> list[dict]:
-    """``runs`` entries for (dataset, split) that list ``method`` (or list no methods)."""
+def _entry_seeds(exp: dict[str, Any], run: dict[str, Any]) -> list[int]:
+    """The seeds a ``runs`` entry builds: its own ``seeds``, else the top-level list."""
+    return [int(s) for s in run.get("seeds") or exp.get("seeds", [1])]
+
+
+def _run_entries(
+    exp: dict[str, Any], dataset: str, split: str, method: str, seed: int
+) -> list[dict]:
+    """``runs`` entries for (dataset, split) that list ``method`` (or list no methods) and build
+    ``seed`` (an entry without its own ``seeds`` builds every top-level seed)."""
     return [
         r
         for r in exp.get("runs") or []
         if r.get("dataset") == dataset
         and r.get("split") == split
         and (not r.get("methods") or method in r["methods"])
+        and (not r.get("seeds") or int(seed) in r["seeds"])
     ]
 
 
@@ -187,7 +202,7 @@ def resolve_run(
         _mapping(m.get("training"), f"methods.{method}.training"),
         *(
             _mapping(r.get("training"), "runs.training")
-            for r in _run_entries(exp, dataset, split, method)
+            for r in _run_entries(exp, dataset, split, method, seed)
         ),
     ]
     merged: dict[str, Any] = {}
@@ -213,8 +228,8 @@ def iter_runs(exp: dict[str, Any]) -> list[tuple[str, str, str, int]]:
     methods = list(_mapping(exp.get("methods"), "methods"))
     for run in exp.get("runs") or []:
         for method in run.get("methods") or methods:
-            for seed in exp.get("seeds", [1]):
-                key = (run["dataset"], run["split"], method, int(seed))
+            for seed in _entry_seeds(exp, run):
+                key = (run["dataset"], run["split"], method, seed)
                 if key not in out:
                     out.append(key)
     return out

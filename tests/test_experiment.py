@@ -111,7 +111,7 @@ def test_unknown_training_key_is_a_config_error(tmp_path):
         ("trainin: {}", "unknown key\\(s\\) 'trainin'"),
         ("training: {seed: 3}", "may not set 'seed'"),
         ("methods: {m: {params: {}}}", "methods.m needs 'algorithm"),
-        ("seeds: one", "seeds must be a list of integers"),
+        ("seeds: one", "seeds must be a non-empty list of integers"),
         ("datasets: {d: {split: {}}}", "unknown key\\(s\\) 'split' in datasets.d"),
         ("training: [1", "not valid YAML"),
     ],
@@ -139,6 +139,30 @@ def test_iter_runs(exp):
         ("cifar10", "iid", "fedavg", 1),
         ("cifar10", "iid", "fedavg", 2),
     ]
+
+
+def test_run_entry_seeds_replace_the_top_level_seeds(tmp_path):
+    text = EXPERIMENT.replace(
+        "  - {dataset: cifar10, split: iid, methods: [fedavg]}",
+        "  - {dataset: cifar10, split: iid, methods: [fedavg], seeds: [3]}\n"
+        "  - {dataset: cifar10, split: iid, methods: [splitmix], seeds: [4],"
+        " training: {rounds: 9}}",
+    )
+    (tmp_path / "exp.yaml").write_text(text)
+    exp = load_experiment(tmp_path / "exp.yaml")
+    cifar = [key for key in iter_runs(exp) if key[0] == "cifar10"]
+    assert cifar == [("cifar10", "iid", "fedavg", 3), ("cifar10", "iid", "splitmix", 4)]
+    # an entry's training applies to the runs it builds, i.e. its own seeds only
+    assert resolve_run(exp, "cifar10", "iid", "splitmix", 4).rounds == 9
+    assert resolve_run(exp, "cifar10", "iid", "splitmix", 1).rounds == 50
+
+
+@pytest.mark.parametrize("seeds", ["[]", "[one]", "3"])
+def test_bad_run_entry_seeds_are_one_line(tmp_path, seeds):
+    text = EXPERIMENT.replace("methods: [fedavg]}", f"methods: [fedavg], seeds: {seeds}}}")
+    (tmp_path / "exp.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"runs\[2\]\.seeds must be a non-empty list of integers"):
+        load_experiment(tmp_path / "exp.yaml")
 
 
 def test_parse_set_values():
