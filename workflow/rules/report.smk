@@ -37,6 +37,9 @@ rule report:
     localrule: True
     log:
         f"results/logs/report/{WF['name']}.log",
+    # one line instead of Snakemake's listing of every input (80 files on the quick default)
+    message:
+        f"report {REPORT_DIR}/ from {len(RUNS)} runs (log: {{log}})"
     conda:
         "../envs/splitmix.yaml"
     shell:
