@@ -96,6 +96,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"flag a run whose validation accuracy rose more than this ({rule.rise:g})",
     )
     p.add_argument(
+        "--flag-noise",
+        type=float,
+        default=rule.noise_z,
+        help=f"...and more than this many standard errors of one validation ({rule.noise_z:g})",
+    )
+    p.add_argument(
         "--flag-chance",
         type=float,
         default=rule.chance_margin,
@@ -124,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         device=args.device,
         progress=not args.no_progress,
-        flags=FlagRule(args.flag_window, args.flag_rise, args.flag_chance),
+        flags=FlagRule(args.flag_window, args.flag_rise, args.flag_chance, args.flag_noise),
     )
     out = args.out or args.run / EVAL
     if out.is_dir():  # checked before the evaluation, which can take a long time

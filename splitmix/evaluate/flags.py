@@ -10,7 +10,11 @@ and the claims check never re-derive them differently:
   the accuracies of the ``n`` validated rounds and ``k = min(window, n // 2)``, the rise is
   ``max(v_{n-k+1..n}) - max(v_{n-2k+1..n-k})``: the best of the last ``k`` validations minus the
   best of the ``k`` before. Bests, not last values, so a noisy flat curve does not look like a
-  rising one. Fewer than two validations cannot show that learning stopped: flagged.
+  rising one. The margin is ``max(rise, noise_z * SE)``, where ``SE = sqrt(p (1 - p) / n_val)`` is
+  the standard error of one validation of the run's ``n_val`` images at its final accuracy ``p``:
+  on 600 validation images at 88% one validation is uncertain by 1.3 points, so a fixed 2-point
+  margin on a difference of two maxima would flag about one converged run in ten by noise alone.
+  Fewer than two validations cannot show that learning stopped: flagged.
 * **near chance**: a clean test accuracy (mean over clients; every width, dual-BN models at
   lambda 0) at or below ``1 / num_classes + chance_margin``.
 
@@ -41,6 +45,7 @@ class FlagRule:
     window: int = 3  # k: validations compared (last k against the k before)
     rise: float = 0.02  # m: a gain above this (accuracy fraction, 0.02 = 2 points) is "rising"
     chance_margin: float = 0.05  # delta: accuracy <= 1/classes + delta is "near chance"
+    noise_z: float = 2.0  # z: the rise must also exceed z standard errors of one validation
 
     def __post_init__(self) -> None:
         if self.window < 1:
@@ -50,6 +55,11 @@ class FlagRule:
                 raise ConfigError(
                     f"--{name} {value!r} must be an accuracy fraction in [0, 1), e.g. 0.02"
                 )
+        if not 0.0 <= self.noise_z <= 10.0:
+            raise ConfigError(
+                f"--flag-noise {self.noise_z!r} must be a number of standard errors in [0, 10], "
+                "e.g. 2 (0 = the fixed margin alone)"
+            )
 
 
 def val_rise(curve: Sequence[float], window: int) -> float | None:
@@ -63,10 +73,20 @@ def val_rise(curve: Sequence[float], window: int) -> float | None:
     return float(max(last) - max(before))
 
 
-def is_rising(curve: Sequence[float], rule: FlagRule) -> bool:
+def rise_margin(curve: Sequence[float], rule: FlagRule, n_val: int | None = None) -> float:
+    """The rise a curve must exceed to count as rising: ``rule.rise``, or ``rule.noise_z``
+    standard errors of one validation of ``n_val`` images at the curve's final accuracy when that
+    is larger (module docstring). Without ``n_val`` (or a curve) the fixed margin alone."""
+    if not n_val or not curve:
+        return float(rule.rise)
+    p = min(max(float(curve[-1]), 0.0), 1.0)
+    return max(float(rule.rise), rule.noise_z * math.sqrt(p * (1.0 - p) / int(n_val)))
+
+
+def is_rising(curve: Sequence[float], rule: FlagRule, n_val: int | None = None) -> bool:
     """The "still rising" rule (module docstring); a curve too short to judge counts as rising."""
     rise = val_rise(curve, rule.window)
-    return rise is None or rise > rule.rise + _TOL
+    return rise is None or rise > rise_margin(curve, rule, n_val) + _TOL
 
 
 def chance_level(num_classes: int) -> float:
@@ -102,23 +122,29 @@ def widest_curve(rows: Iterable[Mapping[str, Any]]) -> tuple[float | None, list[
 
 
 def flag_rows(
-    key: RunKey, rows: Sequence[Mapping[str, Any]], num_classes: int, rule: FlagRule
+    key: RunKey,
+    rows: Sequence[Mapping[str, Any]],
+    num_classes: int,
+    rule: FlagRule,
+    n_val: int | None = None,
 ) -> list[dict[str, Any]]:
-    """The flag rows of one run from its other evaluation rows: the rule's parameters, the chance
-    level, ``val_rise`` and ``flag_rising`` at the widest width, and ``flag_near_chance`` per
-    (width, lambda) of its clean mean test accuracy. Flags are 1 (flagged) or 0."""
+    """The flag rows of one run from its other evaluation rows: the rule's parameters (the rise
+    margin as applied to this run's ``n_val`` validation images), the chance level, ``val_rise``
+    and ``flag_rising`` at the widest width, and ``flag_near_chance`` per (width, lambda) of its
+    clean mean test accuracy. Flags are 1 (flagged) or 0."""
+    width, curve = widest_curve(rows)
     out = [
         key.row("flag_window", rule.window),
-        key.row("flag_rise_margin", rule.rise),
+        key.row("flag_rise_margin", rise_margin(curve, rule, n_val)),
+        key.row("flag_noise_z", rule.noise_z),
         key.row("flag_chance_margin", rule.chance_margin),
         key.row("chance_acc", chance_level(num_classes)),
     ]
-    width, curve = widest_curve(rows)
     if width is not None:
         rise = val_rise(curve, rule.window)
         if rise is not None:
             out.append(key.row("val_rise", rise, width=width))
-        out.append(key.row("flag_rising", float(is_rising(curve, rule)), width=width))
+        out.append(key.row("flag_rising", float(is_rising(curve, rule, n_val)), width=width))
     for r in rows:
         lam = _nan_to_none(r["lam"])
         if (

@@ -94,6 +94,7 @@ METRICS: dict[str, Metric] = {
     "flag_window": Metric("count", False, "k of the rising rule (validations compared)"),
     "flag_rise_margin": Metric("fraction", False, "a rise above this flags a run"),
     "flag_chance_margin": Metric("fraction", False, "accuracy <= chance + this flags a run"),
+    "flag_noise_z": Metric("count", False, "standard errors of one validation the rise must beat"),
 }
 FLAG_METRICS = ("flag_rising", "flag_near_chance")
 

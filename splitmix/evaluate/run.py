@@ -278,7 +278,8 @@ def evaluate_run(
         logs = log_rows(run)  # first: a damaged log fails in seconds, not after the evaluation
         maybe_sort_bases(run)
         rows = model_rows(run, options) + logs
-        rows += flag_rows(run.key, rows, run.federation.num_classes, options.flags)
+        n_val = sum(int(c.val_y.shape[0]) for c in run.federation.clients)
+        rows += flag_rows(run.key, rows, run.federation.num_classes, options.flags, n_val)
         if options.attack:
             pgd = options.pgd
             rows += [

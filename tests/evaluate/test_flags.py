@@ -14,6 +14,7 @@ from splitmix.evaluate.flags import (
     flag_rows,
     is_near_chance,
     is_rising,
+    rise_margin,
     val_rise,
     widest_curve,
 )
@@ -115,7 +116,13 @@ def test_flag_rows_judge_the_widest_clean_curve_and_every_clean_accuracy(tmp_pat
     assert got[("flag_near_chance", 1.0)] == 0.0
     run_level = out[out["width"].isna()].set_index("metric")["value"]
     assert run_level.to_dict() == pytest.approx(
-        {"flag_window": 3, "flag_rise_margin": 0.02, "flag_chance_margin": 0.05, "chance_acc": 0.1}
+        {
+            "flag_window": 3,
+            "flag_rise_margin": 0.02,  # no validation size given: the fixed margin
+            "flag_noise_z": 2.0,
+            "flag_chance_margin": 0.05,
+            "chance_acc": 0.1,
+        }
     )
     assert (out[out["metric"] == "flag_near_chance"]["lam"] == 0.0).all()
     # the flags survive the schema on write and read
@@ -138,3 +145,35 @@ def test_a_flag_that_is_not_0_or_1_is_refused_on_read(tmp_path):
     path.write_text(text)
     with pytest.raises(DataError, match=r"row \d+ metric 'flag_rising' = 0.5 is not a flag \(0"):
         read_rows(path)
+
+
+def test_the_rise_margin_grows_to_the_noise_of_a_small_validation_set():
+    """A 2.3-point rise ending at 90%: within 2 standard errors of one validation of 600 images
+    (2 * sqrt(0.9 * 0.1 / 600) = 2.45 points), so not rising; on 6,000 images (0.77 points) the
+    fixed 2-point margin decides, and 2.3 > 2 is rising."""
+    curve = [0.80, 0.85, 0.877, 0.875, 0.873, 0.898, 0.9, 0.9]
+    assert val_rise(curve, 3) == pytest.approx(0.023)
+    assert rise_margin(curve, RULE, 600) == pytest.approx(2 * math.sqrt(0.9 * 0.1 / 600))
+    assert not is_rising(curve, RULE, n_val=600)
+    assert rise_margin(curve, RULE, 6000) == pytest.approx(0.02)
+    assert is_rising(curve, RULE, n_val=6000)
+    assert is_rising(curve, RULE)  # no size known: the fixed margin alone
+    assert is_rising(curve, FlagRule(noise_z=0.0), n_val=600)  # z = 0 switches the noise off
+    # a clearly climbing curve stays flagged on a small validation set
+    assert is_rising([0.70, 0.75, 0.78, 0.80, 0.84, 0.86, 0.88, 0.90], RULE, n_val=600)
+
+
+def test_flag_rows_record_the_margin_applied_to_the_run():
+    curve = [0.80, 0.85, 0.877, 0.875, 0.873, 0.898, 0.9, 0.9]
+    rows = _run_rows({1.0: curve}, {1.0: 0.9}, lam=None)
+    out = to_frame(flag_rows(KEY, rows, num_classes=10, rule=RULE, n_val=600))
+    run_level = out[out["width"].isna()].set_index("metric")["value"]
+    assert run_level["flag_rise_margin"] == pytest.approx(2 * math.sqrt(0.09 / 600))
+    assert out[out["metric"] == "flag_rising"]["value"].tolist() == [0.0]
+
+
+def test_noise_z_out_of_range_is_one_line():
+    with pytest.raises(
+        ConfigError, match=r"--flag-noise -1\.0 must be a number of standard errors"
+    ):
+        FlagRule(noise_z=-1.0)
