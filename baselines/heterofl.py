@@ -211,8 +211,8 @@ class HeteroFL(ServerModelAlgorithm):
         return model.state_dict()
 
     # ---- the verbs ---------------------------------------------------------------------------
-    def aggregate(self, updates: list[tuple[Task, Update, float]]) -> None:
-        super().aggregate([(t, u, self.contribution_weight(t, w)) for t, u, w in updates])
+    def accumulate(self, task: Task, update: Update, weight: float) -> None:
+        super().accumulate(task, update, self.contribution_weight(task, weight))
 
     def plan(self, round_idx: int, clients: list[int], rng: np.random.Generator) -> list[Task]:
         return [Task(client=int(k), widths=self.client_widths[k]) for k in clients]

@@ -12,9 +12,17 @@ Integer buffers (BatchNorm's ``num_batches_tracked``) are counters, not estimate
 from the last client that uploaded them, never averaged (docs/paper.md#pitfalls). Unlike the
 original code, a counter nobody uploaded this round keeps its value instead of being reset to 0
 (docs/fidelity.md#num-batches-tracked).
+
+Memory: the merge folds one upload at a time into running sums allocated once per key at the
+server tensor's shape, so a round costs the server one numerator per touched tensor (at most the
+global state) plus the upload being added, however many clients take part. The per-entry weight
+sums are not kept as tensors: each key records the (block, weight) of its uploads and replays
+them at merge time, one key at a time, which adds the same numbers in the same order.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 
@@ -23,14 +31,14 @@ from splitmix.fl.algorithm import Update
 Block = tuple[slice, ...]
 
 
-def _extent(value: torch.Tensor, block: Block | None) -> tuple[tuple[int, ...], Block]:
-    """The buffer extent needed to hold ``value`` placed at ``block`` and the concrete block.
+def _extent(value: torch.Tensor, block: Block | None) -> Block:
+    """The concrete block (start and stop on every dimension) ``value`` covers at ``block``.
 
-    Slices are made concrete from the value's own shape (``slice(a, None)`` covers
-    ``value.shape[d]`` entries from ``a``), so the full server shape need not be known until merge.
+    Slices are made concrete from the value's own shape: ``slice(a, None)`` covers
+    ``value.shape[d]`` entries from ``a``.
     """
     if block is None:
-        return tuple(value.shape), tuple(slice(0, s) for s in value.shape)
+        return tuple(slice(0, s) for s in value.shape)
     if len(block) > value.dim():
         raise ValueError(f"block {block} has more dimensions than the value {tuple(value.shape)}")
     full = tuple(block) + tuple(slice(None) for _ in range(value.dim() - len(block)))
@@ -45,28 +53,7 @@ def _extent(value: torch.Tensor, block: Block | None) -> tuple[tuple[int, ...], 
                 f"but the uploaded value has {size}"
             )
         concrete.append(slice(start, start + size))
-    return tuple(s.stop for s in concrete), tuple(concrete)
-
-
-class _Acc:
-    """Numerator and per-entry weight sum of one key, grown to the largest extent seen."""
-
-    __slots__ = ("num", "den")
-
-    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
-        self.num = torch.zeros(shape, dtype=dtype, device=device)
-        self.den = torch.zeros(shape, dtype=dtype, device=device)
-
-    def grow(self, shape: tuple[int, ...]) -> None:
-        if all(a >= b for a, b in zip(self.num.shape, shape, strict=True)):
-            return
-        new = tuple(max(a, b) for a, b in zip(self.num.shape, shape, strict=True))
-        old = tuple(slice(0, s) for s in self.num.shape)
-        for name in ("num", "den"):
-            t = getattr(self, name)
-            bigger = torch.zeros(new, dtype=t.dtype, device=t.device)
-            bigger[old] = t
-            setattr(self, name, bigger)
+    return tuple(concrete)
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -78,68 +65,82 @@ class MaskedAverage:
     """Per-entry weighted mean over the clients that covered each entry; entries nobody covered
     keep their value.
 
-    Usage per round: ``add``/``add_update`` every client's upload, then
-    ``merge_into(server_state)``. An instance accumulates until discarded (one per round).
+    Usage per round: ``MaskedAverage(server_state)``, ``add``/``add_update`` every client's upload
+    as it arrives (the caller may drop it right after), then ``merge()``. One instance per round.
     """
 
-    def __init__(self) -> None:
-        self._acc: dict[str, _Acc] = {}
+    def __init__(self, state: Mapping[str, torch.Tensor]) -> None:
+        # ``state`` holds the server's tensors (e.g. ``module.state_dict()``, whose values share
+        # storage with the module, so ``merge`` updates the module too)
+        self.state = state
+        self._num: dict[str, torch.Tensor] = {}
+        # per key, in upload order: (concrete block, weight) of every float upload
+        self._cover: dict[str, list[tuple[Block, float]]] = {}
         # integer buffers: (value, block) of the last uploader
         self._last: dict[str, tuple[torch.Tensor, Block | None]] = {}
 
     def __contains__(self, key: str) -> bool:
-        return key in self._acc or key in self._last
+        return key in self._num or key in self._last
 
     def keys(self) -> set[str]:
-        return set(self._acc) | set(self._last)
+        return set(self._num) | set(self._last)
 
     def add(self, key: str, value: torch.Tensor, weight: float, block: Block | None = None) -> None:
         """Add ``weight * value`` at ``block`` (None = whole tensor) of server tensor ``key``."""
+        target = self.state.get(key)
+        if target is None:
+            raise KeyError(f"uploaded key {key!r} is not in the server state")
         value = value.detach()
+        concrete = _extent(value, block)
+        if len(concrete) != target.dim() or any(
+            sl.stop > size for sl, size in zip(concrete, target.shape, strict=True)
+        ):
+            raise ValueError(
+                f"upload for {key!r} of shape {tuple(value.shape)} at {block} reaches beyond the "
+                f"server tensor {tuple(target.shape)}"
+            )
         if not (value.is_floating_point() or value.is_complex()):
             self._last[key] = (value, block)
             return
         w = float(weight)
         if w < 0:
             raise ValueError(f"aggregation weight must be >= 0, got {w} for {key!r}")
-        extent, concrete = _extent(value, block)
-        acc = self._acc.get(key)
-        if acc is None:
-            acc = self._acc[key] = _Acc(extent, _acc_dtype(value.dtype), value.device)
-        else:
-            acc.grow(extent)
-        acc.num[concrete].add_(value.to(acc.num.dtype), alpha=w)
-        acc.den[concrete].add_(w)
+        num = self._num.get(key)
+        if num is None:  # once per key and round, at the server's shape: never regrown
+            num = torch.zeros(target.shape, dtype=_acc_dtype(target.dtype), device=target.device)
+            self._num[key] = num
+            self._cover[key] = []
+        num[concrete].add_(value.to(num.dtype), alpha=w)
+        self._cover[key].append((concrete, w))
 
     def add_update(self, update: Update, weight: float) -> None:
         """Add every tensor of ``update`` with the client weight ``weight``."""
         for key, value in update.tensors.items():
             self.add(key, value, weight, update.blocks.get(key))
 
-    def merge_into(self, state: dict[str, torch.Tensor]) -> None:
-        """In place: covered entries <- sum(w*v)/sum(w); uncovered entries unchanged.
+    def _weight_sum(self, key: str, like: torch.Tensor) -> torch.Tensor:
+        """Per-entry sum of the weights of the uploads covering each entry of ``key``."""
+        den = torch.zeros_like(like)
+        for concrete, w in self._cover.pop(key):
+            den[concrete].add_(w)
+        return den
 
-        ``state`` holds the server's tensors (e.g. ``module.state_dict()``, whose values share
-        storage with the module, so the module is updated too).
-        """
-        for key in self.keys():
-            if key not in state:
-                raise KeyError(f"uploaded key {key!r} is not in the server state")
+    def merge(self) -> None:
+        """In place in the server state: covered entries <- sum(w*v)/sum(w), uncovered entries
+        unchanged. Frees each key's sums as soon as it is written."""
         with torch.no_grad():
-            for key, acc in self._acc.items():
-                target = state[key]
-                if any(a > b for a, b in zip(acc.num.shape, target.shape, strict=True)):
-                    raise ValueError(
-                        f"uploads for {key!r} reach {tuple(acc.num.shape)}, beyond the server "
-                        f"tensor {tuple(target.shape)}"
-                    )
-                region = target[tuple(slice(0, s) for s in acc.num.shape)]
-                covered = acc.den > 0
-                mean = acc.num / torch.where(covered, acc.den, torch.ones_like(acc.den))
-                region.copy_(torch.where(covered, mean.to(region.dtype), region))
+            for key in list(self._num):
+                num = self._num.pop(key)
+                target = self.state[key]
+                den = self._weight_sum(key, num)
+                covered = den > 0
+                num.div_(torch.where(covered, den, torch.ones_like(den)))
+                del den
+                target.copy_(torch.where(covered, num.to(target.dtype), target))
             for key, (value, block) in self._last.items():
-                target = state[key]
+                target = self.state[key]
                 if block is None:
                     target.copy_(value)
                 else:
                     target[block].copy_(value)
+            self._last.clear()

@@ -24,9 +24,17 @@ Contract of the verbs, in the order the engine calls them each round:
 ``upload(task, model)``
     The tensors that go up, as an ``Update`` (keys of the global state, with the prefix block
     they cover when they are slices). Local tensors are kept client-side, not uploaded.
+``begin_aggregate(round)``, ``accumulate(task, update, weight)`` per client, ``end_aggregate()``
+    Merge the round's uploads into the server state, one upload at a time as it arrives: the
+    server holds the global state, its running sums and the one update being folded, never the
+    whole round (100 full-width PreResNet-18 updates are 4.5 GB). ``weight`` is the client's
+    aggregation weight. ``ServerModelAlgorithm`` folds into ``fl.aggregate.MaskedAverage`` (the
+    masked weighted average; entries nobody trained keep their value).
 ``aggregate(updates)``
-    Merge ``(task, update, weight)`` triples into the server state. The default is the masked
-    weighted average of ``fl.aggregate.MaskedAverage`` (entries nobody trained keep their value).
+    The same merge given the round's ``(task, update, weight)`` triples as one list. A method
+    implements EITHER form: the defaults of each are written in terms of the other. A method
+    (or a subclass of a streaming method) that overrides only ``aggregate`` is fed by
+    ``RoundMerge`` through the default verbs, which buffer the round and call ``aggregate`` once.
 ``eval_widths()`` / ``assemble(width, lam, client)``
     The widths validated every round, and an eval-mode model of width ``width`` (dual BN mixed by
     ``lam``) carrying ``client``'s local tensors.
@@ -104,6 +112,13 @@ class Algorithm(ABC):
                 f"method {cfg.method!r} (algorithm {self.name!r}) got unknown parameter(s) "
                 f"{', '.join(sorted(unknown))}; allowed: {', '.join(sorted(self.params)) or 'none'}"
             )
+        if type(self).aggregate is Algorithm.aggregate and not streams(type(self)):
+            # each default is written in terms of the other: with neither overridden they
+            # would call each other forever
+            raise TypeError(
+                f"{type(self).__qualname__} must override aggregate(updates) or the streaming "
+                "verbs accumulate() and end_aggregate()"
+            )
         self.cfg = cfg
         self.info = info
         self.p: dict[str, Any] = {**self.params, **cfg.method_params}
@@ -126,8 +141,38 @@ class Algorithm(ABC):
     @abstractmethod
     def upload(self, task: Task, model: nn.Module) -> Update: ...
 
-    @abstractmethod
-    def aggregate(self, updates: list[tuple[Task, Update, float]]) -> None: ...
+    # ---- aggregation: streaming verbs, or one list (see the module docstring) -----------------
+    def begin_aggregate(self, round_idx: int | None = None) -> None:
+        """Start merging a round (``round_idx``; None outside the engine). The default starts a
+        buffer for a method that merges lists (only ``aggregate`` overridden)."""
+        del round_idx
+        self._pending: list[tuple[Task, Update, float]] | None = []
+
+    def accumulate(self, task: Task, update: Update, weight: float) -> None:
+        """Fold one client's upload (client weight ``weight``) into the round's merge. The
+        default buffers it for ``aggregate``; a streaming method folds it into running sums and
+        keeps no reference to ``update``."""
+        pending = getattr(self, "_pending", None)
+        if pending is None:
+            raise RuntimeError(f"{self.name}: accumulate() called before begin_aggregate()")
+        pending.append((task, update, weight))
+
+    def end_aggregate(self) -> None:
+        """Write the round's merge into the server state. The default hands the buffer to
+        ``aggregate``."""
+        pending = getattr(self, "_pending", None)
+        if pending is None:
+            raise RuntimeError(f"{self.name}: end_aggregate() called before begin_aggregate()")
+        self._pending = None
+        self.aggregate(pending)
+
+    def aggregate(self, updates: list[tuple[Task, Update, float]]) -> None:
+        """Merge a whole round given as a list. The default streams it through the verbs, so a
+        streaming method answers callers that hold a list (tests, tools) with the same result."""
+        self.begin_aggregate(None)
+        for task, update, weight in updates:
+            self.accumulate(task, update, weight)
+        self.end_aggregate()
 
     @abstractmethod
     def eval_widths(self) -> list[float]: ...
@@ -148,6 +193,47 @@ class Algorithm(ABC):
     def describe(self) -> dict[str, Any]:
         """Facts recorded in the run record (e.g. which clients a width's budget violates)."""
         return {}
+
+
+def _defined_by(cls: type, name: str) -> type:
+    """The most derived class of ``cls``'s MRO that defines attribute ``name`` itself."""
+    return next(c for c in cls.__mro__ if name in c.__dict__)
+
+
+def streams(cls: type[Algorithm]) -> bool:
+    """Whether ``cls`` merges by its streaming verbs rather than by ``aggregate(list)``.
+
+    True when ``accumulate`` and ``end_aggregate`` are overridden (below ``Algorithm``) no higher
+    in the class tree than ``aggregate``: a subclass that overrides ``aggregate`` under a
+    streaming base (say, to re-weight the list, then call ``super().aggregate``) merges lists,
+    and must see its override called.
+    """
+    mro = cls.__mro__
+    fold, end = _defined_by(cls, "accumulate"), _defined_by(cls, "end_aggregate")
+    if fold is Algorithm or end is Algorithm:
+        return False
+    return mro.index(_defined_by(cls, "aggregate")) >= max(mro.index(fold), mro.index(end))
+
+
+class RoundMerge:
+    """How the engine feeds one round's uploads to a method, one at a time.
+
+    A streaming method gets ``begin_aggregate``/``accumulate``/``end_aggregate`` directly, so the
+    caller can drop each update right after ``add``. A method that merges lists (see ``streams``)
+    gets the base class's buffering verbs, which end in one call of its own ``aggregate``: it
+    holds the round as before, and keeps working unchanged.
+    """
+
+    def __init__(self, algorithm: Algorithm, round_idx: int) -> None:
+        self.algorithm = algorithm
+        self._verbs: type[Algorithm] = type(algorithm) if streams(type(algorithm)) else Algorithm
+        self._verbs.begin_aggregate(algorithm, round_idx)
+
+    def add(self, task: Task, update: Update, weight: float) -> None:
+        self._verbs.accumulate(self.algorithm, task, update, weight)
+
+    def finish(self) -> None:
+        self._verbs.end_aggregate(self.algorithm)
 
 
 _REGISTRY: dict[str, type[Algorithm]] = {}

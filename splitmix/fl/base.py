@@ -11,7 +11,9 @@ What a subclass writes: ``build_model()`` (a fresh, randomly initialised global 
   layer type are never uploaded and never averaged; each client's copy is kept here (client-side
   in a real deployment), loaded on ``download`` and ``assemble``; a client that never trained
   starts from the server's initial values of those tensors;
-* ``aggregate`` = ``MaskedAverage`` over ``self.server.state_dict()`` (docs/paper.md#pitfalls);
+* aggregation streams: ``begin_aggregate`` opens a ``MaskedAverage`` over
+  ``self.server.state_dict()``, ``accumulate`` folds each upload in as it arrives (a subclass
+  re-weights by overriding it), ``end_aggregate`` writes the means (docs/paper.md#pitfalls);
 * byte accounting of both directions from the tensors actually exchanged
   (``download_bytes``, which the engine asks for; ``Update.nbytes`` for the upload);
 * ``state_dict``/``load_state_dict`` = ``{server, local, extra}`` for an exact resume.
@@ -200,15 +202,26 @@ class ServerModelAlgorithm(Algorithm):
             else:
                 part.copy_(value[block])
 
-    def aggregate(self, updates: list[tuple[Task, Update, float]]) -> None:
+    def begin_aggregate(self, round_idx: int | None = None) -> None:
+        del round_idx
         self._require_server()
-        avg = MaskedAverage()
-        for _task, update, weight in updates:
-            leaked = self.local_keys.intersection(update.tensors)
-            if leaked:
-                raise ValueError(f"local tensors must not be uploaded: {sorted(leaked)[:3]}")
-            avg.add_update(update, weight)
-        avg.merge_into(self._server_state)
+        self._merge: MaskedAverage | None = MaskedAverage(self._server_state)
+
+    def accumulate(self, task: Task, update: Update, weight: float) -> None:
+        merge = getattr(self, "_merge", None)
+        if merge is None:
+            raise RuntimeError(f"{self.name}: accumulate() called before begin_aggregate()")
+        leaked = self.local_keys.intersection(update.tensors)
+        if leaked:
+            raise ValueError(f"local tensors must not be uploaded: {sorted(leaked)[:3]}")
+        merge.add_update(update, weight)
+
+    def end_aggregate(self) -> None:
+        merge = getattr(self, "_merge", None)
+        if merge is None:
+            raise RuntimeError(f"{self.name}: end_aggregate() called before begin_aggregate()")
+        self._merge = None
+        merge.merge()
 
     # ---- evaluation ----------------------------------------------------------------------------
     def eval_model(self, client: int | None) -> nn.Module:

@@ -4,8 +4,9 @@ The engine owns the order of a round and knows no method by name (docs/design.md
 every method-specific decision goes through the ``Algorithm`` verbs. One round is
 
     lr <- schedule(round); clients <- sample(round); tasks <- plan(round, clients)
-    for each task: seed torch; model <- download; fresh SGD; local steps; update <- upload
-    aggregate(all updates); every ``eval_every`` rounds: validate every client at every width
+    for each task: seed torch; model <- download; fresh SGD; local steps; update <- upload;
+        fold update into the round's merge, then drop it (the server never holds the round)
+    end the merge; every ``eval_every`` rounds: validate every client at every width
 
 Everything random is drawn from a named stream of ``(seed, name)`` keyed by round and client
 (``splitmix.seeding``), so a run resumed from a checkpoint redraws exactly what an uninterrupted run
@@ -45,7 +46,7 @@ from splitmix.atomic import atomic_write_text
 from splitmix.config import RunConfig
 from splitmix.data.clients import Client, Federation
 from splitmix.errors import ConfigError
-from splitmix.fl.algorithm import Algorithm, FederationInfo, LossFn, Task, get_algorithm
+from splitmix.fl.algorithm import Algorithm, FederationInfo, LossFn, RoundMerge, Task, get_algorithm
 from splitmix.fl.checkpoint import atomic_torch_save, load_checkpoint
 from splitmix.fl.losses import make_loss, use_masked_loss
 from splitmix.fl.runlog import CsvLog
@@ -348,7 +349,7 @@ class _Run:
         lr = lr_at(cfg, r)
         clients = sample_clients(cfg.seed, r, len(self.fed.clients), cfg.participation)
         tasks = alg.plan(r, clients, rng(cfg.seed, f"plan/{r}"))
-        updates = []
+        merge = RoundMerge(alg, r)
         comm_rows = []
         loss_sum, steps_total = 0.0, 0
         for task in tasks:
@@ -360,7 +361,9 @@ class _Run:
             s, n = self.train_client(model, task, client, lr, r)
             update = alg.upload(task, model)
             del model
-            updates.append((task, update, float(client.weight)))
+            bytes_up = update.nbytes()
+            merge.add(task, update, float(client.weight))
+            del update  # folded in: memory stays at one update, not the round's
             loss_sum += s
             steps_total += n
             comm_rows.append(
@@ -368,12 +371,11 @@ class _Run:
                     "round": r,
                     "client": task.client,
                     "bytes_down": down,
-                    "bytes_up": update.nbytes(),
+                    "bytes_up": bytes_up,
                     "seconds": time.perf_counter() - tc,
                 }
             )
-        alg.aggregate(updates)
-        del updates
+        merge.finish()
         row: dict[str, Any] = {
             "round": r,
             "lr": lr,
