@@ -158,14 +158,18 @@ def _check_run_rows(df: pd.DataFrame, widths: tuple[float, ...], federation: Fed
 
 def _check_flags(df: pd.DataFrame) -> None:
     """The flag rows restate the run's own rows under the default rule: two validations, so the
-    rise is the second minus the first at the widest width; chance is 1/10 on digits."""
+    rise is the second minus the first at the widest width, judged against the margin recorded
+    for the run (2 points, or 2 standard errors of one validation of its validation images when
+    larger); chance is 1/10 on digits."""
     widest = df[df["metric"] == "val_acc"]["width"].max()
     curve = df[(df["metric"] == "val_acc") & (df["width"] == widest)].sort_values("round")
     rise = curve["value"].iloc[1] - curve["value"].iloc[0]
     flags = df[df["metric"].isin(["val_rise", "flag_rising"])].set_index("metric")
     assert flags["width"].tolist() == [widest, widest]
     assert flags.loc["val_rise", "value"] == pytest.approx(rise)
-    assert flags.loc["flag_rising", "value"] == float(rise > 0.02)
+    margin = df[df["metric"] == "flag_rise_margin"]["value"].item()
+    assert margin >= 0.02  # never below the fixed margin (tests/evaluate/test_flags.py: the rest)
+    assert flags.loc["flag_rising", "value"] == float(rise > margin)
     acc = df[(df["metric"] == "acc") & (df["client"] == "mean") & (df["domain"] == "all")]
     near = df[df["metric"] == "flag_near_chance"].set_index("width")["value"]
     expected = {w: float(a <= 0.15) for w, a in zip(acc["width"], acc["value"], strict=True)}
@@ -224,7 +228,7 @@ def test_cli_writes_rows_and_a_summary(trained, capsys, tmp_path):
     # the rule given is the rule recorded and applied: any accuracy <= 0.1 + 0.9 is near chance
     rule = df[df["metric"].str.startswith("flag_") & df["width"].isna()].set_index("metric")
     assert rule["value"].to_dict() == {
-        "flag_window": 1.0, "flag_rise_margin": 0.5, "flag_chance_margin": 0.9
+        "flag_window": 1.0, "flag_rise_margin": 0.5, "flag_noise_z": 2.0, "flag_chance_margin": 0.9
     }  # fmt: skip
     assert (df[df["metric"] == "flag_near_chance"]["value"] == 1.0).all()
     assert f"to {out}" in capsys.readouterr().out
