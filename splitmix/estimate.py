@@ -424,6 +424,12 @@ def csv_text(rows: Sequence[Row]) -> str:
     return buf.getvalue()
 
 
+def _hours(hours: float | None) -> str:
+    if hours is None:
+        return "not timed"
+    return "<0.01" if hours < 0.005 else f"{hours:.2f}"
+
+
 def table_text(rows: Sequence[Row]) -> str:
     """The per-run table, columns aligned."""
     head = ("run", "rounds", "train s/round", "val s/pass", "hours")
@@ -433,7 +439,7 @@ def table_text(rows: Sequence[Row]) -> str:
             str(r.cfg.rounds),
             f"{r.timing.train_s:.2f}" if r.timing else "-",
             f"{r.timing.val_s:.2f}" if r.timing else "-",
-            f"{r.hours:.2f}" if r.hours is not None else "not timed",
+            _hours(r.hours),
         )
         for r in rows
     ]
@@ -557,7 +563,7 @@ def run(args: argparse.Namespace) -> int:
     cores = args.cores or (2 if args.device == "cpu" else 16)
     threads = {r.cfg.threads for r in rows if r.timing is not None}
     print("\n".join(notes(args.device, threads, args.rounds, sources)))
-    print(table_text(rows))
+    print(table_text([r for r in rows if r.timing is not None]))  # untimed: counted below
     print("\n".join(summary_lines(rows, args.device, cores, args.gpus)))
     if args.out is not None:
         from splitmix.atomic import atomic_write_text
