@@ -21,6 +21,7 @@ from splitmix.estimate import (
     parallel_jobs,
     run_seconds,
     selected,
+    summary_lines,
     synthetic_federation,
     validations,
 )
@@ -149,6 +150,28 @@ def test_makespan_and_parallel_jobs():
     assert parallel_jobs("cpu", cores=2, threads=4, gpus=1) == 1
     assert parallel_jobs("cuda", cores=16, threads=4, gpus=1) == 1
     assert parallel_jobs("cuda", cores=16, threads=4, gpus=2) == 2
+
+
+def test_summary_lines_on_fake_timings():
+    t = Timing(train_s=36.0, val_s=0.0, checkpoint_s=0.0)  # 100 rounds = 1 h
+
+    def row(method: str, rounds: int, timing: Timing | None) -> Row:
+        cfg = RunConfig("digits", "s", method, "fedavg", rounds=rounds, threads=2)
+        return Row(cfg, "", timing)
+
+    rows = [row("a", 100, t), row("b", 200, t), row("c", 300, None)]
+    assert summary_lines(rows, "cpu", cores=4, gpus=1) == [
+        "total: 2 run(s), 3.0 h one after another",
+        "CPU-hours: 6.0 (each run's hours x its threads)",
+        "wall time with --cores 4 (2 job(s) at once, 2 thread(s) each): 2.0 h",
+        "not timed (--only): 1 run(s), not in the totals",
+        "workflow.resources.digits.runtime: 150  (minutes: its longest run, 2.00 h, x1.25)",
+    ]
+    gpu = summary_lines(rows, "cuda", cores=16, gpus=1)
+    assert gpu[1:3] == [
+        "GPU-hours: 3.0 (one cuda per run)",
+        "wall time with --cores 16 and --gpus 1 (1 job(s) at once, 2 thread(s) each): 3.0 h",
+    ]
 
 
 def test_runs_differing_only_in_seed_or_schedule_share_a_timing(tmp_path):
