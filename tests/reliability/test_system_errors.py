@@ -45,9 +45,11 @@ def _default_sigint() -> None:
 
 
 # ---- Ctrl-C during torch.save -------------------------------------------------------------------
+# The engine saves the best model so far as checkpoint-best.pt (best.pt is only linked to it when
+# the run finishes), so that and checkpoint.pt are the two files a torch.save can be cut in.
 @needs_proc
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["best.pt", "checkpoint.pt"])
+@pytest.mark.parametrize("target", ["checkpoint-best.pt", "checkpoint.pt"])
 def test_ctrl_c_while_saving(target: str, data_root: Path, config: Path, tmp_path: Path) -> None:
     out, flag = tmp_path / "run", tmp_path / "writing"
     inject = {"SPLITMIX_TEST_PAUSE_WRITE": target, "SPLITMIX_TEST_PAUSE_FLAG": str(flag)}
@@ -86,7 +88,7 @@ def test_ctrl_c_while_saving(target: str, data_root: Path, config: Path, tmp_pat
 # ---- disk full ----------------------------------------------------------------------------------
 @needs_proc
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["best.pt", "checkpoint.pt", "log.csv", "run.json"])
+@pytest.mark.parametrize("target", ["checkpoint-best.pt", "checkpoint.pt", "log.csv", "run.json"])
 def test_disk_full_in_train(target: str, data_root: Path, config: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = run_cli(train_args(config, out), data_root, inject={"SPLITMIX_TEST_ENOSPC": target})

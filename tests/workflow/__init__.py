@@ -70,8 +70,10 @@ def tiny_config(**workflow: Any) -> dict[str, Any]:
 
 
 def copy_workflow(dest: Path) -> Path:
-    """A copy of the Snakefile, workflow/ and baselines/ in ``dest`` (the library itself is the
-    installed one); returns the copied Snakefile."""
+    """A copy of the Snakefile, workflow/, baselines/ and the default claims file in ``dest`` (the
+    library itself is the installed one); returns the copied Snakefile."""
+    (dest / "config").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO / "config" / "claims.yaml", dest / "config" / "claims.yaml")
     for name in (*WORKFLOW_FILES, "baselines"):
         src = REPO / name
         if src.is_dir():
@@ -87,6 +89,7 @@ JOB_MESSAGE = re.compile(
     r"^Job (?P<jobid>\d+): (?P<rule>train|evaluate) (?P<dataset>[^/\s]+)/(?P<split>[^/\s]+)/"
     r"(?P<method>[^/\s]+)/seed(?P<seed>\d+)"
 )
+REPORT_MESSAGE = re.compile(r"^Job (?P<jobid>\d+): report (?P<report>\S+)/ from \d+ runs")
 
 
 def jobs_by_rule(dry_run_output: str) -> dict[str, list[dict[str, str]]]:
@@ -100,6 +103,9 @@ def jobs_by_rule(dry_run_output: str) -> dict[str, list[dict[str, str]]]:
             rule = None
             fields = match.groupdict()
             jobs.setdefault(fields.pop("rule"), []).append(fields)
+        elif match := REPORT_MESSAGE.match(stripped):
+            rule = None
+            jobs.setdefault("report", []).append(match.groupdict())
         elif stripped.startswith(("rule ", "localrule ")) and stripped.endswith(":"):
             rule = stripped.split()[1].rstrip(":")
             jobs.setdefault(rule, []).append({})

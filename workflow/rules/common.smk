@@ -230,8 +230,8 @@ def _parallel_jobs():
     """Training jobs that run at a time: the cores over a run's threads (1 where unknown)."""
     try:
         cores = int(workflow.cores)
-    except (TypeError, ValueError, AttributeError):
-        return 1
+    except (TypeError, ValueError, AttributeError, WorkflowError):
+        return 1  # e.g. `snakemake --report`, which defines no cores
     threads = sorted(cfg.threads for cfg in RUNS.values()) or [1]
     return max(1, min(len(RUNS), cores // max(1, threads[len(threads) // 2])))
 
