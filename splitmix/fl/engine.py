@@ -53,6 +53,7 @@ from splitmix.fl.runlog import CsvLog
 from splitmix.fl.sampling import sample_clients
 from splitmix.fl.schedule import lr_at
 from splitmix.seeding import rng
+from splitmix.timefmt import format_duration
 
 CHECKPOINT = "checkpoint.pt"
 BEST_STATE = "checkpoint-best.pt"  # best model so far; becomes best.pt when the run finishes
@@ -674,18 +675,6 @@ def run_training(
 def eta_seconds(elapsed: float, done: int, remaining: int) -> float:
     """Time left if the remaining rounds take as long as this invocation's rounds did."""
     return elapsed / done * remaining if done > 0 else math.nan
-
-
-def format_duration(seconds: float) -> str:
-    """``42s``, ``3m05s``, ``2h07m``: short enough for one log line per round."""
-    if not math.isfinite(seconds):
-        return "?"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 class _Lines:

@@ -17,6 +17,8 @@ import math
 import statistics
 from pathlib import Path
 
+from splitmix.timefmt import format_duration
+
 
 def dataset_of(run_dir: str) -> str:
     """``results/<dataset>/<split>/<method>/seed<N>`` -> ``<dataset>``."""
@@ -48,17 +50,6 @@ def estimate(walls: dict[str, float | None], jobs: int) -> tuple[int, int, float
     return len(done), len(walls), left / max(1, jobs)
 
 
-def duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
 class Eta:
     """Formats (``str``, ``format``) as the estimate for ``run_dirs`` at the moment it is shown."""
 
@@ -69,7 +60,7 @@ class Eta:
         done, total, left = estimate({d: wall_time(d) for d in self.run_dirs}, self.jobs)
         if done == total or not math.isfinite(left):  # finished, or nothing to estimate from
             return f"{done}/{total} runs trained"
-        return f"{done}/{total} runs trained, about {duration(left)} of training left"
+        return f"{done}/{total} runs trained, about {format_duration(left)} of training left"
 
     def __format__(self, spec: str) -> str:
         return format(str(self), spec)
