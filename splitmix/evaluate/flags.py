@@ -13,7 +13,7 @@ and the claims check never re-derive them differently:
   rising one. The margin is ``max(rise, noise_z * SE)``, where ``SE = sqrt(p (1 - p) / n_val)`` is
   the standard error of one validation of the run's ``n_val`` images at its final accuracy ``p``:
   on 600 validation images at 88% one validation is uncertain by 1.3 points, so a fixed 2-point
-  margin on a difference of two maxima would flag about one converged run in ten by noise alone.
+  margin on a difference of two maxima can flag a converged run by noise alone.
   Fewer than two validations cannot show that learning stopped: flagged.
 * **near chance**: a clean test accuracy (mean over clients; every width, dual-BN models at
   lambda 0) at or below ``1 / num_classes + chance_margin``.
