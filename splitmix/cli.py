@@ -81,8 +81,13 @@ def interrupted(exc: BaseException) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from splitmix.allocator import keep_freed_memory
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    # process-wide, for every command: training, evaluation and the cost estimate all free and
+    # reallocate the same large blocks (a wide layer's gradients) thousands of times
+    keep_freed_memory()
     try:
         rc = args.func(args)
     except SplitmixError as exc:

@@ -552,9 +552,6 @@ def run(args: argparse.Namespace) -> int:
     for name in ("rounds", "threads", "cores", "gpus"):
         _positive(name, getattr(args, name))
     runs = resolve_grid(args.configfile, args.device, args.threads)
-    from splitmix.allocator import keep_freed_memory
-
-    keep_freed_memory()  # as `train` does: the timing must see a run's allocator
 
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)

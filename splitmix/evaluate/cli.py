@@ -115,10 +115,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from splitmix.allocator import keep_freed_memory
     from splitmix.evaluate.run import EVAL, EvalOptions, evaluate_run
-
-    keep_freed_memory()
 
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads {args.threads} must be >= 1")

@@ -69,9 +69,6 @@ def run(args: argparse.Namespace) -> int:
             "rerun snakemake so that the job is scheduled again"
         )
     out = args.out or default_out(args.dataset, args.split, args.method, args.seed)
-    from splitmix.allocator import keep_freed_memory
-
-    keep_freed_memory()  # gradients of wide layers would otherwise be page-faulted in every step
     result = run_training(
         cfg,
         out,
