@@ -435,7 +435,7 @@ def table_text(rows: Sequence[Row]) -> str:
     head = ("run", "rounds", "train s/round", "val s/pass", "hours")
     body = [
         (
-            f"{r.cfg.dataset}/{r.cfg.split}/{r.cfg.method}/seed{r.cfg.seed}",
+            run_name(r.cfg),
             str(r.cfg.rounds),
             f"{r.timing.train_s:.2f}" if r.timing else "-",
             f"{r.timing.val_s:.2f}" if r.timing else "-",
