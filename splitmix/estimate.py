@@ -39,22 +39,25 @@ from typing import Any
 import numpy as np
 
 from splitmix.config import RunConfig
+from splitmix.data.recipes import FEDBN_PART_LEN, FEDBN_PARTS
 from splitmix.errors import ConfigError
 
 WARMUP_ROUNDS = 1  # the first round pays one-off costs (allocator growth, kernel selection)
 RUNTIME_MARGIN = 1.25  # suggested SLURM time limit = longest run x this
 
 # (train, test) images per domain of the prepared data where nothing here says better. Digits:
-# FedBN's 10 train parts of 743.8 images (7,438) and 20% of official train+test as test (the test
-# counts only give the federation its shapes: no timed step reads test data). CIFAR-10: official.
-# DomainNet: approximate (FedBN's split lists are not known here): prepare it for exact counts.
+# FedBN's 10 train parts of 743.8 images (the recipe's constants: 7,438) and 20% of official
+# train+test as test (the test counts only give the federation its shapes: no timed step reads
+# test data). CIFAR-10: official. DomainNet: approximate (FedBN's split lists are not known here):
+# prepare it for exact counts.
+_FEDBN_TRAIN = int(FEDBN_PART_LEN * FEDBN_PARTS)
 KNOWN_SIZES: dict[str, dict[str, tuple[int, int]]] = {
     "digits": {
-        "mnist": (7438, 14000),
-        "svhn": (7438, 19858),
-        "usps": (7438, 1860),
-        "synth": (7438, 97791),
-        "mnistm": (7438, 13601),
+        "mnist": (_FEDBN_TRAIN, 14000),
+        "svhn": (_FEDBN_TRAIN, 19858),
+        "usps": (_FEDBN_TRAIN, 1860),
+        "synth": (_FEDBN_TRAIN, 97791),
+        "mnistm": (_FEDBN_TRAIN, 13601),
     },
     "cifar10": {"cifar10": (50000, 10000)},
     "domainnet": {
@@ -435,7 +438,7 @@ def table_text(rows: Sequence[Row]) -> str:
     head = ("run", "rounds", "train s/round", "val s/pass", "hours")
     body = [
         (
-            f"{r.cfg.dataset}/{r.cfg.split}/{r.cfg.method}/seed{r.cfg.seed}",
+            run_name(r.cfg),
             str(r.cfg.rounds),
             f"{r.timing.train_s:.2f}" if r.timing else "-",
             f"{r.timing.val_s:.2f}" if r.timing else "-",
