@@ -297,9 +297,13 @@ def combine(parts: list[Part]) -> str:
     return HELD
 
 
-def check_claims(rows: pd.DataFrame, claims: list[Claim]) -> list[Verdict]:
-    """Evaluate every claim on every task its globs match (rows as ``load_rows`` returns)."""
-    flags = run_flags(rows)
+def check_claims(
+    rows: pd.DataFrame, claims: list[Claim], flags: pd.DataFrame | None = None
+) -> list[Verdict]:
+    """Evaluate every claim on every task its globs match (rows as ``load_rows`` returns);
+    ``flags``: ``run_flags(rows)`` if the caller already has it."""
+    if flags is None:
+        flags = run_flags(rows)
     tasks = sorted(set(zip(rows["dataset"], rows["split"], strict=True)))
     out = []
     for claim in claims:
