@@ -149,7 +149,7 @@ def _write_claims(
     flagged = flagged_runs(flags, flags)
     md_path = out / CLAIM_FILES[0]
     if claims is not None and path is not None:
-        verdicts = check_claims(rows, claims)
+        verdicts = check_claims(rows, claims, flags)
         texts = (
             claims_out.to_markdown(verdicts, path, md_path, flagged, len(flags)),
             claims_out.to_csv(verdicts),

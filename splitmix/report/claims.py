@@ -35,7 +35,7 @@ import yaml
 
 from splitmix.errors import ConfigError
 from splitmix.report.flags import flagged_runs, run_flags
-from splitmix.report.load import RUN_KEYS, TEST_ROUND
+from splitmix.report.load import ALL_DOMAINS, MEAN_CLIENT, RUN_KEYS, TEST_ROUND
 from splitmix.report.spread import seed_spread, seed_std
 
 HELD, NOT_HELD, NOT_TESTABLE = "held", "not held", "not testable"
@@ -297,9 +297,13 @@ def combine(parts: list[Part]) -> str:
     return HELD
 
 
-def check_claims(rows: pd.DataFrame, claims: list[Claim]) -> list[Verdict]:
-    """Evaluate every claim on every task its globs match (rows as ``load_rows`` returns)."""
-    flags = run_flags(rows)
+def check_claims(
+    rows: pd.DataFrame, claims: list[Claim], flags: pd.DataFrame | None = None
+) -> list[Verdict]:
+    """Evaluate every claim on every task its globs match (rows as ``load_rows`` returns);
+    ``flags``: ``run_flags(rows)`` if the caller already has it."""
+    if flags is None:
+        flags = run_flags(rows)
     tasks = sorted(set(zip(rows["dataset"], rows["split"], strict=True)))
     out = []
     for claim in claims:
@@ -361,10 +365,11 @@ def seed_values(task: pd.DataFrame, side: Side, metric: str, width: float | None
         sel = sel[_close(sel["lam"], lam)]
         if sel.empty:
             raise Missing(f"no {metric} rows of {side.method} at test λ={lam:g}")
-    for level in (sel["client"] == "", (sel["client"] == "mean") & sel["domain"].isin(["all", ""])):
+    mean_rows = (sel["client"] == MEAN_CLIENT) & sel["domain"].isin(ALL_DOMAINS)
+    for level in (sel["client"] == "", mean_rows):
         if level.any():
             return sel[level].groupby("seed")["value"].mean()
-    per_client = sel[sel["client"] != "mean"]
+    per_client = sel[sel["client"] != MEAN_CLIENT]
     return per_client.groupby(["seed", "client"])["value"].mean().groupby("seed").mean()
 
 
