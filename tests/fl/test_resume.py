@@ -18,7 +18,7 @@ from splitmix.errors import ConfigError
 from splitmix.fl.checkpoint import load_checkpoint
 from splitmix.fl.engine import run_training
 
-from .toy import ToyLinear, toy_config, toy_federation
+from .toy import ToyLinear, accept_toy_runs, toy_config, toy_federation
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 REPO = TESTS_DIR.parent
@@ -196,11 +196,9 @@ def _cli(argv: list[str]) -> int:
 
 def test_cli_set_resume_mismatch_and_restart(tmp_path, monkeypatch, capsys):
     import splitmix.data.federation as federation
-    import splitmix.experiment as experiment
 
     monkeypatch.setattr(federation, "build_federation", lambda cfg: toy_federation())
-    # the toy dataset and model are test-only names that run-config validation rightly refuses
-    monkeypatch.setattr(experiment, "validate_run", lambda cfg, source="", check_device=True: cfg)
+    accept_toy_runs(monkeypatch)
     config = tmp_path / "exp.yaml"
     config.write_text(EXPERIMENT)
     out = tmp_path / "out"

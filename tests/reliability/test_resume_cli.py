@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from fl.toy import toy_federation
+from fl.toy import accept_toy_runs, toy_federation
 
 from splitmix.experiment import load_experiment, resolve_run
 
@@ -28,12 +28,10 @@ seeds: [1]
 def cli(tmp_path, monkeypatch):
     """Run `python -m splitmix train` in-process in tmp_path on the toy federation."""
     import splitmix.data.federation as federation
-    import splitmix.experiment as experiment
     from splitmix.cli import main
 
     monkeypatch.setattr(federation, "build_federation", lambda cfg: toy_federation())
-    # the toy dataset and model are test-only names that run-config validation rightly refuses
-    monkeypatch.setattr(experiment, "validate_run", lambda cfg, source="", check_device=True: cfg)
+    accept_toy_runs(monkeypatch)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "exp.yaml").write_text(EXPERIMENT)
     base = ["train", "--config", "exp.yaml", "--dataset", "toy", "--split", "iid",
