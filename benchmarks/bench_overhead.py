@@ -27,33 +27,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import client_batches, initial_state, synthetic_digits
 
 from splitmix.config import RunConfig, run_config_from_dict
-from splitmix.data.clients import Client, Federation
-from splitmix.fl.algorithm import FederationInfo
-from splitmix.fl.engine import batches, local_steps, make_generator, run_training
+from splitmix.data.clients import Federation
+from splitmix.fl.engine import local_steps, run_training
 from splitmix.fl.schedule import lr_at
-from splitmix.methods import get_algorithm
-
-
-def synthetic_digits(clients: int, n_train: int, n_val: int, seed: int = 0) -> Federation:
-    """Digits-sized clients (3x28x28 uint8, 10 classes) with a class-dependent pattern."""
-    g = torch.Generator().manual_seed(seed)
-    protos = torch.randint(0, 256, (10, 3, 28, 28), generator=g).float()
-
-    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        y = torch.randint(0, 10, (n,), generator=g)
-        x = 0.5 * protos[y] + 60 * torch.rand(n, 3, 28, 28, generator=g)
-        return x.clamp(0, 255).to(torch.uint8), y
-
-    out = []
-    for k in range(clients):
-        (tx, ty), (vx, vy) = draw(n_train + k % 3), draw(n_val)  # unequal sizes, like real splits
-        out.append(Client(k, f"synth-{k}", "synth", tx, ty, vx, vy, vx, vy, 1.0, 0.0))
-    total = sum(len(c.train_y) for c in out)
-    for c in out:
-        c.weight = len(c.train_y) / total
-    return Federation("digits", "bench", ("synth",), 10, (3, 28, 28), out)
 
 
 def bench_config(args: argparse.Namespace) -> RunConfig:
@@ -79,16 +58,6 @@ def bench_config(args: argparse.Namespace) -> RunConfig:
     )
 
 
-def initial_state(cfg: RunConfig, fed: Federation) -> dict[str, torch.Tensor]:
-    """The engine's initial global state (same init stream), for the bare loop to start from."""
-    info = FederationInfo(
-        len(fed.clients), fed.budgets, fed.weights, fed.num_classes, fed.input_shape, "digit"
-    )
-    alg = get_algorithm(cfg.algorithm)(cfg, info)
-    alg.init_global(make_generator(cfg.seed, "init", torch.device("cpu")))
-    return {k: v.clone() for k, v in alg.server.state_dict().items()}
-
-
 def bare_loop(cfg: RunConfig, fed: Federation, init: dict[str, torch.Tensor]):
     """Plain PyTorch FedAvg doing the same steps; returns (seconds, final state, val acc)."""
     from splitmix.models import build_model
@@ -109,11 +78,7 @@ def bare_loop(cfg: RunConfig, fed: Federation, init: dict[str, torch.Tensor]):
             opt = torch.optim.SGD(
                 model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
             )
-            g = make_generator(cfg.seed, f"batches/{r}/{c.index}", torch.device("cpu"))
-            steps = local_steps(len(c.train_y), cfg.batch_size, cfg.local_epochs)
-            for idx in batches(int(c.train_y.shape[0]), cfg.batch_size, steps, g):
-                x = c.train_x.index_select(0, idx).float().div_(255)
-                y = c.train_y.index_select(0, idx)
+            for x, y in client_batches(cfg, c, r, torch.device("cpu")):
                 opt.zero_grad(set_to_none=True)
                 F.cross_entropy(model(x), y).backward()
                 opt.step()
