@@ -56,7 +56,10 @@ Columns, seconds per round averaged over rounds 2.. (the first round warms up an
   ours is at least 3x faster than the original, or (the arithmetic bound) at most 1.1x the floor;
   else ``MISSES``. The original figures are issue 13's (the original code, this machine kind,
   2 torch threads). A footer line per row gives the largest difference between the engine's and
-  the floor's final server states, to show both did the same steps.
+  the floor's final server states, to show both did the same steps: 0 where the floor runs the
+  engine's kernels; fused Split-Mix and SHeteroFL (views of the full model in the engine,
+  contiguous sub-tensors here) sum in another order, and at lr 0.1 those last bits grow over a
+  round's 18 steps to ~1e-2 (docs/speed.md).
 
 Data: prepare the three domains once (offline, from the mirror; ``--prepare`` does it for you):
 
@@ -659,6 +662,9 @@ def bench_row(row: Row, args: argparse.Namespace, fed: Federation | None) -> tup
         from splitmix.data.federation import build_federation
 
         fed = build_federation(cfg)
+        for c in fed.clients:  # once, so that neither side times copies to the device
+            for name in ("train_x", "train_y", "val_x", "val_y"):
+                setattr(c, name, getattr(c, name).to(cfg.device))
     print(f"# {row.key}: engine ...", file=sys.stderr, flush=True)
     ours_rounds, state, _ = engine_run(cfg, fed, CLOCKS[args.clock])
     print(f"# {row.key}: floor ...", file=sys.stderr, flush=True)

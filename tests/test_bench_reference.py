@@ -83,9 +83,10 @@ def test_floor_takes_the_engines_steps(key, tmp_path):
     assert len(timed) == 2 and all(t > 0 and v > 0 for t, v in timed)
     assert math.isfinite(loss0) and loss0 > 0
     assert floor.train_losses[0] == pytest.approx(loss0, rel=1e-5)
-    # the floor is the sequential loop; fused training's channels-last pass differs from it by
-    # up to ~1e-3 relative on some gradients (measured), hence the looser bound for that row
-    tol = 2e-3 if cfg.method_params.get("fused") else 1e-5
+    # where the floor runs the engine's kernels the states agree to the last bit; fused training
+    # (its channels-last pass is off by up to ~1e-3 relative on some gradients, measured) and
+    # SHeteroFL (views of the full model vs contiguous sub-tensors) sum in another order
+    tol = {"splitmix-fused": 2e-3, "sheterofl": 1e-4}.get(key, 1e-6)
     assert br.max_state_diff(state, floor.server_state()) < tol
     assert set(floor.val_acc) == set(floor.widths)
 
@@ -124,3 +125,11 @@ def test_missing_data_names_the_command(tmp_path):
     assert "digits/mnist,usps,mnistm not prepared" in msg
     assert "--source raw --mirror /mirror --offline --root " + str(tmp_path) in msg
     assert "\n" not in msg
+
+
+def test_cuda_is_skipped_with_a_message_where_there_is_none(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert br.main(["--device", "cuda", "--root", "/nonexistent"]) == 0
+    assert capsys.readouterr().out.startswith("skipped: --device cuda but no CUDA device")
