@@ -194,7 +194,7 @@ def at_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, adv: AdvConfig) 
     loss = (1.0 - lam) * F.cross_entropy(model(x), y) if lam < 1.0 or dual else 0.0
     set_bn_mode(model, "noise")
     # the attack in eval mode without parameter gradients, as the original's
-    # ctx_noparamgrad_and_eval (input gradients alone take other kernels, other roundings)
+    # ctx_noparamgrad_and_eval (and the engine's eval_no_param_grad)
     model.eval().requires_grad_(False)
     x_adv = pgd(model, x, y, adv)
     model.train().requires_grad_(True)
@@ -311,6 +311,7 @@ class Floor:
             for s, e in batch_spans(int(c.val_y.shape[0]), self.cfg.val_batch):
                 x, y = c.val_x[s:e].float().div_(255), c.val_y[s:e]
                 out = model(x)
+                # unused here, but the engine computes it (val_loss), so the floor does too
                 loss_sum += float(F.cross_entropy(out, y)) * (e - s)
                 correct += int((out.argmax(1) == y).sum())
         return correct / int(c.val_y.shape[0])
