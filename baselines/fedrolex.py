@@ -25,12 +25,16 @@ it is contiguous, so ``static`` gives HeteroFL's prefix blocks exactly.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from baselines.heterofl import HeteroFL
+from splitmix.config import RunConfig
 from splitmix.errors import ConfigError
+from splitmix.fl.algorithm import FederationInfo, Task, register
 from splitmix.models.layers import (
     SlimmableConv2d,
     SlimmableLinear,
@@ -184,3 +188,80 @@ def window_blocks(model: nn.Module, ratio: float, window: WindowFn) -> dict[str,
                 block = tuple(_whole(s) for s in tensor.shape)
             blocks[prefix + name] = block
     return blocks
+
+
+# ---- the method ----------------------------------------------------------------------------------
+@register
+class FedRolex(HeteroFL):
+    """HeteroFL with a moving (``rolling``), fixed (``static``) or random (``random``) window of
+    channels per client-round instead of the prefix (see module docstring)."""
+
+    name = "fedrolex"
+    params: ClassVar[dict[str, Any]] = {"extraction": "rolling"}
+    default_extraction: ClassVar[str] = "rolling"
+
+    def __init__(self, cfg: RunConfig, info: FederationInfo) -> None:
+        super().__init__(cfg, info)
+        if cfg.bn != "batch":
+            raise ConfigError(
+                f"method {cfg.method!r} ({self.name}) needs bn: batch, got bn: {cfg.bn}; a "
+                "private BN per width would tie its statistics to window positions that move "
+                "every round (the official code trains with track_running_stats=False)"
+            )
+        extraction = self.p.get("extraction", self.default_extraction)
+        if extraction not in EXTRACTIONS:
+            raise ConfigError(
+                f"method {cfg.method!r}: extraction={extraction!r} is not one of "
+                f"{', '.join(EXTRACTIONS)}"
+            )
+        self.extraction: str = str(extraction)
+        self._windows: dict[tuple[float, int, int | None], dict[str, IndexBlock]] = {}
+
+    def plan(self, round_idx: int, clients: list[int], rng: np.random.Generator) -> list[Task]:
+        """Each client trains its budget width; a random window's seed is drawn here, from the
+        round's stream, so that the draw is part of the plan and a resumed run repeats it."""
+        self._windows.clear()  # one round's windows at a time
+        tasks = []
+        for k in clients:
+            payload: dict[str, Any] = {}
+            if self.extraction == "random":
+                payload["seed"] = int(rng.integers(0, 2**63 - 1))
+            tasks.append(
+                Task(client=int(k), widths=self.client_widths[k], round=round_idx, payload=payload)
+            )
+        return tasks
+
+    def exchange_blocks(self, task: Task) -> dict[str, IndexBlock]:
+        width = task.widths[0]
+        seed = task.payload.get("seed")
+        key = (width, task.round if self.extraction == "rolling" else 0, seed)
+        blocks = self._windows.get(key)
+        if blocks is None:
+            window = window_fn(self.extraction, task.round, seed)
+            blocks = self._windows[key] = window_blocks(self.server, width, window)
+        return blocks
+
+    def running_model(self, task: Task) -> nn.Module:
+        """The dense model of the client's width: it holds exactly the window's blocks. Unlike
+        HeteroFL there is no slimmable fall-back: a slimmable layer computes with the prefix."""
+        (width,) = task.widths
+        stand_in = self.dense_for(width)
+        if stand_in is None:
+            raise ConfigError(
+                f"method {self.cfg.method!r} ({self.name}): width {width:g} has no dense "
+                "sub-model of the window's shape (int(w*c) differs from ceil(w*c) in some layer); "
+                "use budgets whose widths divide the channel counts, e.g. 8-4-2-1"
+            )
+        return stand_in.model
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "extraction": self.extraction}
+
+
+@register
+class FederatedDropout(FedRolex):
+    """Federated Dropout: a fresh random channel subset per client and round."""
+
+    name = "feddropout"
+    params: ClassVar[dict[str, Any]] = {}
+    default_extraction = "random"
