@@ -102,8 +102,8 @@ def test_missing_data_fails_before_any_training(tmp_path):
          r"at datasets.digits-mini.splits.tiny.percent: 1.5 is greater than the maximum of 1"),
         # algorithms come from the registry (baselines/ is discovered), not from a fixed list
         (lambda c: c["methods"]["heterofl"].update(algorithm="heterofll"),
-         r"at methods.heterofl.algorithm: 'heterofll' is not registered; allowed: fedavg, "
-         r"heterofl, sheterofl, splitmix"),
+         r"at methods.heterofl.algorithm: 'heterofll' is not registered; allowed: "
+         r"[^\n]*\bfedavg, [^\n]*\bheterofl, sheterofl, splitmix\b"),
         (lambda c: c["methods"]["fedavg_x1"].update(params={"widht": 1.0}),
          r"at methods.fedavg_x1.params: unknown parameter\(s\) widht for fedavg; allowed: width"),
     ],
