@@ -198,6 +198,13 @@ class FedRolex(HeteroFL):
 
     name = "fedrolex"
     params: ClassVar[dict[str, Any]] = {"extraction": "rolling"}
+    param_rules: ClassVar[dict[str, dict[str, Any]]] = {
+        "extraction": {
+            "description": "rolling (FedRolex), static (HeteroFL's prefix) or random "
+            "(Federated Dropout)",
+            "enum": list(EXTRACTIONS),
+        }
+    }
     default_extraction: ClassVar[str] = "rolling"
 
     def __init__(self, cfg: RunConfig, info: FederationInfo) -> None:
@@ -264,4 +271,5 @@ class FederatedDropout(FedRolex):
 
     name = "feddropout"
     params: ClassVar[dict[str, Any]] = {}
+    param_rules: ClassVar[dict[str, dict[str, Any]]] = {}
     default_extraction = "random"
