@@ -291,7 +291,6 @@ class DepthFL(ServerModelAlgorithm):
             self._width_for_budget(k, float(b)) for k, b in enumerate(np.asarray(info.budgets))
         ]
         self.client_depths: list[int] = [self.depth_of[w] for w in self.client_widths]
-        self.round = 0  # the round being trained, set by ``plan`` (the distillation ramp-up)
 
     def _number(self, key: str, *, minimum: float, strict: bool = False) -> float:
         value = self.p[key]
@@ -347,7 +346,9 @@ class DepthFL(ServerModelAlgorithm):
         return keys
 
     def task_depth(self, task: Task) -> int:
-        return self.depth_for_width(task.widths[0])
+        """``payload["depth"]`` as ``plan`` sets it; else the depth its width labels."""
+        depth = task.payload.get("depth")
+        return int(depth) if depth is not None else self.depth_for_width(task.widths[0])
 
     def exchange_blocks(self, task: Task) -> dict[str, None]:
         return self.depth_blocks(self.task_depth(task))
@@ -364,9 +365,16 @@ class DepthFL(ServerModelAlgorithm):
 
     # ---- the verbs ---------------------------------------------------------------------------
     def plan(self, round_idx: int, clients: list[int], rng: np.random.Generator) -> list[Task]:
-        self.round = int(round_idx)
-        # the task carries the client's budget width, the label of its depth
-        return [Task(client=int(k), widths=(self.client_widths[k],)) for k in clients]
+        # the width is the client's budget, the label of its depth (comm logs, evaluation)
+        return [
+            Task(
+                client=int(k),
+                widths=(self.client_widths[k],),
+                round=int(round_idx),
+                payload={"depth": self.client_depths[k]},
+            )
+            for k in clients
+        ]
 
     def kd_weight_at(self, round_idx: int) -> float:
         return consistency_weight(round_idx, self.kd_rampup * self.cfg.rounds, self.kd_weight)
@@ -375,7 +383,7 @@ class DepthFL(ServerModelAlgorithm):
         self, model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn
     ) -> float:
         logits = model.exit_logits(x)
-        loss = depthfl_loss(logits, y, loss_fn, self.kd_weight_at(self.round), self.temperature)
+        loss = depthfl_loss(logits, y, loss_fn, self.kd_weight_at(task.round), self.temperature)
         loss.backward()
         return float(loss.detach())
 
