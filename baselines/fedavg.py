@@ -37,6 +37,14 @@ class FedAvg(ServerModelAlgorithm):
 
     name = "fedavg"
     params = {"width": 1.0}
+    param_rules = {
+        "width": {
+            "description": "width of the dense model",
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 1,
+        }
+    }
 
     def __init__(self, cfg: RunConfig, info: FederationInfo) -> None:
         super().__init__(cfg, info)

@@ -271,4 +271,10 @@ class SHeteroFL(HeteroFL):
 
     name = "sheterofl"
     params: ClassVar[dict[str, Any]] = {"weighting": "per_width"}
+    param_rules: ClassVar[dict[str, dict[str, Any]]] = {
+        "weighting": {
+            "description": "per_width (the original's accumulator) or per_client",
+            "enum": list(WEIGHTINGS),
+        }
+    }
     train_all_widths = True

@@ -251,12 +251,13 @@ def _param_rule(default: Any) -> dict[str, Any]:
 
 
 def _check_method_params(cfg: RunConfig, source: str) -> None:
-    """Keys and types from the algorithm's declared ``params``; ranges from the schema's
-    ``$defs/params/<algorithm>`` where it has an entry."""
+    """Keys and types from the algorithm's declared ``params``; value rules from its
+    ``param_rules`` (the method's own file says what its parameters may be)."""
     from splitmix.methods import get_algorithm
-    from splitmix.schemas import explain, first_error, load_schema
+    from splitmix.schemas import explain, first_error
 
-    declared = get_algorithm(cfg.algorithm).params
+    cls = get_algorithm(cfg.algorithm)
+    declared = cls.params
     where = f"methods.{cfg.method}.params"
     unknown = sorted(set(cfg.method_params) - set(declared))
     if unknown:
@@ -267,8 +268,7 @@ def _check_method_params(cfg: RunConfig, source: str) -> None:
             f"{', '.join(sorted(declared)) or 'none'}",
         )
     rules = {name: _param_rule(default) for name, default in declared.items()}
-    own = load_schema()["$defs"].get("params", {}).get(cfg.algorithm, {})
-    rules.update(own.get("properties", {}))
+    rules.update(cls.param_rules)
     error = first_error(_plain(cfg.method_params), {"type": "object", "properties": rules})
     if error is not None:
         raise InvalidValue(explain(error, source, where))

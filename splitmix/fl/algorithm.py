@@ -121,6 +121,9 @@ class Algorithm(ABC):
     name: ClassVar[str] = ""
     #: method_params keys this algorithm accepts, with their defaults.
     params: ClassVar[dict[str, Any]] = {}
+    #: JSON-schema rules of some params' values (``{"atom": {"type": "number", "maximum": 1}}``),
+    #: checked with every config before any job starts; keys and types already follow ``params``.
+    param_rules: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, cfg: RunConfig, info: FederationInfo) -> None:
         unknown = set(cfg.method_params) - set(self.params)
