@@ -271,6 +271,21 @@ class DepthFL(ServerModelAlgorithm):
         "kd_rampup": 0.3,  # ramp-up length as a fraction of the run's rounds (Flower: 300/1000)
         "temperature": 1.0,  # softmax temperature of the distillation (Flower: 1)
     }
+    # checked with every config before any job (splitmix.config); __init__ checks the same for
+    # callers that build the method directly
+    param_rules: ClassVar[dict[str, dict[str, Any]]] = {
+        "kd_weight": {"description": "distillation weight, >= 0", "type": "number", "minimum": 0},
+        "kd_rampup": {
+            "description": "ramp-up length as a fraction of the rounds, >= 0",
+            "type": "number",
+            "minimum": 0,
+        },
+        "temperature": {
+            "description": "distillation temperature, > 0",
+            "type": "number",
+            "exclusiveMinimum": 0,
+        },
+    }
 
     def __init__(self, cfg: RunConfig, info: FederationInfo) -> None:
         super().__init__(cfg, info)

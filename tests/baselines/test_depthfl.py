@@ -3,6 +3,7 @@ ensemble, cost per depth and an exact resume, checked against hand-computed numb
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -151,6 +152,19 @@ def test_budget_outside_the_budget_string_and_adversarial_training_are_refused()
         make(np.array([1.0]), arch="toy")
     with pytest.raises(ConfigError, match="temperature"):
         make(np.array([1.0]), temperature=0.0)
+
+
+def test_config_validation_refuses_bad_parameter_values_before_any_job() -> None:
+    from splitmix.config import validate_run
+
+    # a real dataset name: validation refuses the toy's (a test-only name)
+    cfg = toy_config(algorithm="depthfl", method="depthfl", arch="digit", dataset="digits-mini")
+    for bad, rule in (
+        ({"kd_weight": -1.0}, r"params.kd_weight: -1.0 is less than the minimum of 0"),
+        ({"temperature": 0}, r"params.temperature: 0 is less than or equal to the minimum"),
+    ):
+        with pytest.raises(ConfigError, match=rule):
+            validate_run(dataclasses.replace(cfg, method_params=bad), check_device=False)
 
 
 # ---- aggregation ---------------------------------------------------------------------------------
