@@ -151,6 +151,7 @@ MAIN_HASHES = {
     "heterofl": "ddc2483dbade371c",
     "sheterofl": "10f109601c73ef4b",
     "splitmix": "a9a1f5b388cc1778",
+    "depthfl": "c4a06433ebc1bfb4",
 }
 
 
@@ -266,5 +267,5 @@ def test_workflow_warns_about_a_device_its_jobs_refuse(tmp_path):
     path = write_config(tmp_path / "c.yaml", cfg)
     proc = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(path))
     assert proc.returncode == 0, proc.stdout[-2000:]
-    assert "7 run(s) train on device 'cuda', which cannot be used here: this torch" in proc.stdout
+    assert "8 run(s) train on device 'cuda', which cannot be used here: this torch" in proc.stdout
     assert yaml.safe_load(path.read_text())["training"]["device"] == "cuda"
