@@ -104,6 +104,8 @@ class Algorithm(ABC):
     name: ClassVar[str] = ""
     #: method_params keys this algorithm accepts, with their defaults.
     params: ClassVar[dict[str, Any]] = {}
+    #: A run trains one width; each width is its own run (FedAvg). Recorded in run.json.
+    one_run_per_width: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig, info: FederationInfo) -> None:
         unknown = set(cfg.method_params) - set(self.params)
