@@ -37,6 +37,7 @@ class FedAvg(ServerModelAlgorithm):
 
     name = "fedavg"
     params = {"width": 1.0}
+    one_run_per_width = True  # each width is a separate run
     param_rules = {
         "width": {
             "description": "width of the dense model",

@@ -124,6 +124,8 @@ class Algorithm(ABC):
     #: JSON-schema rules of some params' values (``{"atom": {"type": "number", "maximum": 1}}``),
     #: checked with every config before any job starts; keys and types already follow ``params``.
     param_rules: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: A run trains one width; each width is its own run (FedAvg). Recorded in run.json.
+    one_run_per_width: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig, info: FederationInfo) -> None:
         unknown = set(cfg.method_params) - set(self.params)

@@ -26,7 +26,6 @@ everything a resume needs must survive that, and everything it deletes is rebuil
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import platform
@@ -43,7 +42,6 @@ import torch
 from torch import nn
 
 import splitmix
-from splitmix.atomic import atomic_write_text
 from splitmix.config import RunConfig
 from splitmix.data.clients import Client, Federation
 from splitmix.errors import ConfigError
@@ -53,17 +51,27 @@ from splitmix.fl.losses import make_loss, use_masked_loss
 from splitmix.fl.runlog import CsvLog
 from splitmix.fl.sampling import sample_clients
 from splitmix.fl.schedule import lr_at
+from splitmix.runfolder import (
+    BEST,
+    BEST_STATE,
+    CHECKPOINT,
+    COMM,
+    COMM_COLUMNS,
+    LOG,
+    ONE_RUN_PER_WIDTH,
+    OUTPUTS,
+    RUN_RECORD,
+    VAL_ACC,
+    VAL_LOSS,
+    VAL_RA,
+    curve_column,
+    log_columns,
+    width_key,
+    write_record,
+)
 from splitmix.seeding import rng
 from splitmix.timefmt import format_duration
 
-CHECKPOINT = "checkpoint.pt"
-BEST_STATE = "checkpoint-best.pt"  # best model so far; becomes best.pt when the run finishes
-BEST = "best.pt"
-LOG = "log.csv"
-COMM = "comm.csv"
-RUN_RECORD = "run.json"
-OUTPUTS = (CHECKPOINT, BEST_STATE, BEST, LOG, COMM, RUN_RECORD)
-COMM_COLUMNS = ("round", "client", "bytes_down", "bytes_up", "seconds")
 FORMAT = 1  # bump when the checkpoint layout changes
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -117,9 +125,6 @@ def check_train_sizes(fed: Federation) -> None:
             )
 
 
-def width_key(width: float) -> str:
-    """Column suffix of a width: ``0.125``, ``0.5``, ``1``."""
-    return f"{width:g}"
 
 
 def batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
@@ -208,18 +213,12 @@ class _Run:
         self.widths = sorted(float(w) for w in self.algorithm.eval_widths())
         if not self.widths:
             raise ConfigError(f"algorithm {cfg.algorithm!r} validates no width (eval_widths empty)")
-        self.log = CsvLog(self.out / LOG, self._log_columns())
+        self.log = CsvLog(self.out / LOG, log_columns(self.widths, self.adv))
         self.comm = CsvLog(self.out / COMM, COMM_COLUMNS)
         self.start_round = 0
         self.best_metric = -math.inf
         self.best_round = -1
         self.wall_before = 0.0  # wall time of earlier (interrupted) invocations
-
-    def _log_columns(self) -> list[str]:
-        cols = ["round", "lr", "seconds", "train_loss", "bytes_up", "bytes_down", "n_clients"]
-        for kind in ("val_acc", "val_loss") + (("val_ra",) if self.adv else ()):
-            cols += [f"{kind}@{width_key(w)}" for w in self.widths]
-        return [*cols, "metric"]
 
     # -- checkpoint / resume --
     def resume_or_start(self, restart: bool, discard_stale: bool = False) -> None:
@@ -430,11 +429,10 @@ class _Run:
             )
         out: dict[str, float] = {}
         for w, evals in per.items():
-            k = width_key(w)
-            out[f"val_acc@{k}"] = float(np.mean([e.acc for e in evals]))
-            out[f"val_loss@{k}"] = float(np.mean([e.loss_sum / e.n for e in evals]))
+            out[curve_column(VAL_ACC, w)] = float(np.mean([e.acc for e in evals]))
+            out[curve_column(VAL_LOSS, w)] = float(np.mean([e.loss_sum / e.n for e in evals]))
             if self.adv:
-                out[f"val_ra@{k}"] = float(np.mean([e.ra for e in evals]))
+                out[curve_column(VAL_RA, w)] = float(np.mean([e.ra for e in evals]))
         lam = float(cfg.adv.lam)
         widest = per[self.widths[-1]]
         out["metric"] = float(np.mean([(1 - lam) * e.acc + lam * e.ra for e in widest]))
@@ -482,22 +480,21 @@ class _Run:
             _publish(self.out / BEST_STATE, self.out / BEST)
 
     def write_record(self, wall: float) -> dict[str, Any]:
+        # the algorithm's capabilities beside its own facts: the report reads them from here,
+        # never from the live registry or the method's name
+        capabilities = {ONE_RUN_PER_WIDTH: bool(type(self.algorithm).one_run_per_width)}
         record = {
             "config": self.cfg.to_dict(),
             "config_hash": self.hash,
             "versions": _versions(),
-            "algorithm": self.algorithm.describe(),
+            "algorithm": {**self.algorithm.describe(), **capabilities},
             "best_round": self.best_round,
             "best_metric": self.best_metric,
             "rounds": self.cfg.rounds,
             "wall_time_s": wall,
             "federation": federation_counts(self.fed),
         }
-        atomic_write_text(
-            self.out / RUN_RECORD,
-            json.dumps(record, indent=2, default=_json_default) + "\n",
-            durable=True,  # its presence marks the run complete
-        )
+        write_record(self.out, record)  # atomic and durable: its presence marks the run complete
         return record
 
 
@@ -592,16 +589,8 @@ def _versions() -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
-        "splitmix": splitmix.__version__,
+        splitmix.__name__: splitmix.__version__,
     }
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray | tuple | set):
-        return list(obj.tolist() if isinstance(obj, np.ndarray) else obj)
-    return str(obj)
 
 
 # ---- public API -------------------------------------------------------------------------------
@@ -691,7 +680,7 @@ class _Lines:
         left = eta_seconds(elapsed, r + 1 - self.first, total - r - 1)
         text = f"round {r + 1}/{total}"
         if row.get("metric") is not None:
-            acc = row[f"val_acc@{width_key(run.widths[-1])}"]
+            acc = row[curve_column(VAL_ACC, run.widths[-1])]
             text += f" val_acc {acc:.4f} best {run.best_metric:.4f}"
         text += f" elapsed {format_duration(elapsed)} eta {format_duration(left)}"
         print(text, file=sys.stderr, flush=True)
@@ -721,7 +710,7 @@ class _Bar:
     def round_done(self, r: int, row: dict[str, Any]) -> None:
         self.bar.update(1)
         if row.get("metric") is not None:
-            acc = row[f"val_acc@{width_key(self.run.widths[-1])}"]
+            acc = row[curve_column(VAL_ACC, self.run.widths[-1])]
             self.bar.set_postfix(
                 val=f"{acc:.3f}", best=f"{self.run.best_metric:.3f}", refresh=False
             )
