@@ -1,5 +1,5 @@
 """Client-batched local training: the clients of a round that train modules of one shape run as
-one ``torch.func.vmap`` computation over their stacked tensors (docs/design.md#client-batching).
+one ``torch.func.vmap`` computation over their stacked tensors (docs/methods.md#client-batching).
 
 The sequential loop of ``engine._Run.train_client`` stays the reference. This is the same
 mathematics, reordered: for each client the same batches (its own ``batches/{r}/{client}``
@@ -344,8 +344,10 @@ def _sgd(
     momentum: float,
     wd: float,
 ) -> None:
-    """``torch.optim.SGD``'s update (dampening 0, no Nesterov), op for op, in place on ``p``."""
-    d_p = grad.add(p, alpha=wd) if wd != 0 else grad
+    """``torch.optim.SGD``'s update (dampening 0, no Nesterov), op for op, in place on ``p``.
+    ``grad`` is a fresh tensor of the step, so weight decay goes into it in place (the same
+    values as SGD's out-of-place ``d_p.add(p, alpha=wd)``, one allocation of ``p``'s size less)."""
+    d_p = grad.add_(p, alpha=wd) if wd != 0 else grad
     if buf is not None:
         buf.mul_(momentum).add_(d_p)
         d_p = buf

@@ -194,19 +194,29 @@ def test_heterofl_batches_each_width_and_leaves_single_clients_sequential(tmp_pa
 def test_small_groups_and_the_gather_path_change_nothing(tmp_path, monkeypatch):
     """Groups cut into chunks by the memory bound, and steps whose clients are not contiguous in
     the stack (gathered and scattered back), give the same updates."""
-    per_member = 8 * 2**20  # x1/8 Digits: ~3.5 MB of state, ~8 MB with momentum and gradients
-    monkeypatch.setattr(batched_mod, "GROUP_BYTES", 3 * per_member)
+    # x1/8 Digits: 0.86 MiB of parameters, 2.57 MiB with momentum and gradients: chunks of 3
+    # clients, by step count (8, 8, 6 and 6, 4, 4 steps); in the first, the client of 40 samples
+    # (16, 16, 8) joins the first of 64 (16 x 4) at step 3 while the second's (58) batch is short
+    monkeypatch.setattr(batched_mod, "GROUP_BYTES", 9 * 2**20)
     kinds: list[str] = []
-    rows = batched_mod._rows
+    chunk_sizes: list[list[int]] = []
+    rows, chunks = batched_mod._rows, batched_mod._chunks
 
     def spy_rows(slots, device):
         out = rows(slots, device)
         kinds.append("slice" if isinstance(out, slice) else "index")
         return out
 
+    def spy_chunks(members, per_member):
+        out = chunks(members, per_member)
+        chunk_sizes.append([len(c) for c in out])
+        return out
+
     monkeypatch.setattr(batched_mod, "_rows", spy_rows)
+    monkeypatch.setattr(batched_mod, "_chunks", spy_chunks)
     seq, _, _ = train_one_round(digits_config(False), tmp_path / "s")
     bat, _, sequential = train_one_round(digits_config(True), tmp_path / "b")
+    assert chunk_sizes == [[3, 3]]
     assert sequential == []
     assert "index" in kinds and "slice" in kinds
     assert max(max_diff(seq, bat).values()) < 1e-5
