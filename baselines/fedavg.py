@@ -80,6 +80,10 @@ class FedAvg(ServerModelAlgorithm):
         loss.backward()
         return float(loss.detach())
 
+    def batchable(self, task: Task) -> bool:
+        # the clean step is plain; PGD draws random starts and adds its own forward passes
+        return self.cfg.adv.lam == 0.0
+
     def eval_widths(self) -> list[float]:
         return [self.width]
 

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -71,6 +71,9 @@ from splitmix.runfolder import (
 )
 from splitmix.seeding import rng
 from splitmix.timefmt import format_duration
+
+if TYPE_CHECKING:
+    from splitmix.fl.batched import BatchedTraining
 
 FORMAT = 1  # bump when the checkpoint layout changes
 
@@ -123,8 +126,6 @@ def check_train_sizes(fed: Federation) -> None:
                 "needs at least 2; use fewer clients (split_config.clients_per_domain), a larger "
                 "split_config.percent or a smaller split_config.val_ratio"
             )
-
-
 
 
 def batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
@@ -331,13 +332,18 @@ class _Run:
         merge = RoundMerge(alg, r)
         comm_rows = []
         loss_sum, steps_total = 0.0, 0
-        for task in tasks:
+        batched = self.batched_training(tasks, lr, r)
+        for i, task in enumerate(tasks):
             client = self.fed.clients[task.client]
-            tc = time.perf_counter()
+            # a batched task's clock starts with its share of its group's training, done above
+            tc = time.perf_counter() - (batched.seconds(i) if batched is not None else 0.0)
             torch.manual_seed(derived_seed(cfg.seed, f"torch/{r}/{task.client}"))
             model = alg.download(task)
             down = int(alg.download_bytes(task, model))
-            s, n = self.train_client(model, task, client, lr, r)
+            if batched is not None and i in batched:  # trained with its group: write it in
+                s, n = batched.write(i, model)
+            else:
+                s, n = self.train_client(model, task, client, lr, r)
             update = alg.upload(task, model)
             del model
             bytes_up = update.nbytes()
@@ -369,6 +375,18 @@ class _Run:
         self.log.append([row])
         self.comm.append(comm_rows)
         return row
+
+    def batched_training(self, tasks: list[Task], lr: float, r: int) -> BatchedTraining | None:
+        """The round's client-batched training (``client_batching``, splitmix/fl/batched.py), or
+        None: sequential ``train_client`` is the reference and the default."""
+        if not self.cfg.client_batching:
+            return None
+        from splitmix.fl.batched import BatchedTraining  # it imports this module's helpers
+
+        return BatchedTraining(
+            self.algorithm, tasks, self.fed.clients, cfg=self.cfg, lr=lr, round_idx=r,
+            loss_fn=self.loss_fn, augment=self.augment, device=self.device,
+        )  # fmt: skip
 
     def train_client(
         self, model: nn.Module, task: Task, client: Client, lr: float, r: int
