@@ -2,10 +2,10 @@
 
 FedAvg of the DigitModel at x1/8 and x1 with 6 and 20 synthetic Digits-sized clients of unequal
 sizes (so clients drop out of the batch at different steps and last batches are short), momentum
-0.9 and weight decay 5e-4, one engine round (``_Run.train_round``: download, local SGD, upload,
-merge; no validation) at a time. Both modes run the same rounds interleaved, so load from other
-processes hits both alike, and each mode's median seconds per round is reported, wall clock and
-this process's CPU time (on a shared machine the wall clock includes waiting for a core; the CPU
+0.9 and weight decay 5e-4, one engine round (``TrainingRun.train_round``: download, local SGD,
+upload, merge; no validation) at a time. Both modes run the same rounds interleaved, so load from
+other processes hits both alike, and each mode's median seconds per round is reported, wall clock
+and this process's CPU time (on a shared machine the wall clock includes waiting for a core; the CPU
 time does not). The load average is printed with the results: label the numbers with it.
 
     .venv/bin/python benchmarks/bench_batched.py                       # CPU (and CUDA if present)
@@ -30,7 +30,7 @@ import torch
 
 from splitmix.config import RunConfig, run_config_from_dict
 from splitmix.data.clients import Client, Federation
-from splitmix.fl.engine import _Run, make_generator
+from splitmix.fl.engine import TrainingRun, make_generator
 
 
 def synthetic_digits(clients: int, n_train: int, seed: int = 0) -> Federation:
@@ -79,13 +79,13 @@ def bench_config(width: float, batching: bool, args: argparse.Namespace, device:
     )
 
 
-def make_run(cfg: RunConfig, fed: Federation, out: Path) -> _Run:
-    run = _Run(cfg, out, fed, progress=False)
+def make_run(cfg: RunConfig, fed: Federation, out: Path) -> TrainingRun:
+    run = TrainingRun(cfg, out, fed, progress=False)
     run.algorithm.init_global(make_generator(cfg.seed, "init", torch.device("cpu")))
     return run
 
 
-def timed_round(run: _Run, r: int, device: torch.device) -> tuple[float, float]:
+def timed_round(run: TrainingRun, r: int, device: torch.device) -> tuple[float, float]:
     """(wall, CPU) seconds of one round."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)

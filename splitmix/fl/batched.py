@@ -1,7 +1,7 @@
 """Client-batched local training: the clients of a round that train modules of one shape run as
 one ``torch.func.vmap`` computation over their stacked tensors (docs/methods.md#client-batching).
 
-The sequential loop of ``engine._Run.train_client`` stays the reference. This is the same
+The sequential loop of ``engine.TrainingRun.train_client`` stays the reference. This is the same
 mathematics, reordered: for each client the same batches (its own ``batches/{r}/{client}``
 generator), the same augmentation draws (its own ``augment/{r}/{client}`` generator), the same
 forward and loss, and the same SGD update (fresh momentum, weight decay, the round's lr). Only

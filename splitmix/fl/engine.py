@@ -196,8 +196,13 @@ def _eval_robust(model: nn.Module, x_u8: torch.Tensor, y: torch.Tensor, bs: int,
 
 
 # ---- the run ------------------------------------------------------------------------------------
-class _Run:
-    """State of one training run; methods are the steps of ``run_training``."""
+class TrainingRun:
+    """State of one training run; its methods are the steps of ``run_training``.
+
+    Public so that tools which time or drive rounds (``splitmix estimate``, the benchmarks) call
+    the engine's own steps: ``resume_or_start``, ``train_round(r)``, ``validate(r)``,
+    ``save_checkpoint``. ``run_training`` is the way to train; this is the way to measure.
+    """
 
     def __init__(self, cfg: RunConfig, out_dir: Path, fed: Federation, progress: bool) -> None:
         self.cfg = cfg
@@ -635,7 +640,7 @@ def run_training(
         from splitmix.data.federation import build_federation
 
         federation = build_federation(cfg)
-    run = _Run(cfg, Path(out_dir), federation, progress)
+    run = TrainingRun(cfg, Path(out_dir), federation, progress)
     run.resume_or_start(restart, discard_stale)
     t_start = time.perf_counter()
 
@@ -689,7 +694,7 @@ class _Lines:
     """One plain line per round on stderr: a job's log is readable while it grows, and its line
     count says how many rounds this invocation trained."""
 
-    def __init__(self, run: _Run, t_start: float) -> None:
+    def __init__(self, run: TrainingRun, t_start: float) -> None:
         self.run, self.t_start, self.first = run, t_start, run.start_round
 
     def round_done(self, r: int, row: dict[str, Any]) -> None:
@@ -710,7 +715,7 @@ class _Lines:
 class _Bar:
     """A tqdm bar on a terminal."""
 
-    def __init__(self, run: _Run, enabled: bool) -> None:
+    def __init__(self, run: TrainingRun, enabled: bool) -> None:
         from tqdm import tqdm
 
         cfg = run.cfg
@@ -737,7 +742,7 @@ class _Bar:
         self.bar.close()
 
 
-def _progress(run: _Run, enabled: bool, t_start: float) -> _Lines | _Bar:
+def _progress(run: TrainingRun, enabled: bool, t_start: float) -> _Lines | _Bar:
     if enabled and not sys.stderr.isatty():
         return _Lines(run, t_start)
     return _Bar(run, enabled)
