@@ -17,7 +17,7 @@ from .synthetic import WIDTHS, Spec, record_for, rows_for
 pytestmark = pytest.mark.slow
 
 METHODS = {f"fedavg_x{w:g}": ("fedavg", (w,)) for w in WIDTHS} | {
-    m: (m, WIDTHS) for m in ("heterofl", "sheterofl", "splitmix", "fedrolex")
+    m: (m, WIDTHS) for m in ("heterofl", "sheterofl", "splitmix", "depthfl", "fedrolex")
 }
 N = len(METHODS)  # every run of config/test.yaml
 
