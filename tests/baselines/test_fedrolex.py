@@ -231,3 +231,65 @@ def test_run_validation_refuses_an_unknown_extraction_before_any_job() -> None:
                     method_params={"extraction": "sliding"})  # fmt: skip
     with pytest.raises(ConfigError, match=r"methods\.rolex\.params\.extraction.*rolling"):
         validate_run(cfg, check_device=False)
+
+
+# ---- client batching (training.client_batching) --------------------------------------------------
+def _one_round_float64(cfg: RunConfig, out, budgets: tuple[float, ...], round_idx: int):
+    """Round ``round_idx`` of a float64 run: ``(uploads with their blocks by client, clients the
+    sequential loop trained)``. As tests/fl/test_batched.py does for HeteroFL, in float64 so that
+    the two paths differ only by summation order."""
+    from fl.test_batched import digits_federation
+
+    from splitmix.fl.engine import TrainingRun, make_generator
+
+    out.mkdir()
+    run = TrainingRun(cfg, out, digits_federation(budgets=budgets), progress=False)
+    alg = run.algorithm
+    alg.init_global(make_generator(cfg.seed, "init", torch.device("cpu")))
+    alg._set_server(alg.server.double())
+    run.augment = lambda x, g: x.double()
+    alg._same_function = lambda stand_in, width: True  # its check feeds float32
+    for w in alg.widths:
+        alg.dense_for(w).model.double()
+    uploads, sequential = {}, []
+    upload, train_client = alg.upload, run.train_client
+
+    def spy_upload(task, model):
+        update = upload(task, model)
+        uploads[task.client] = update
+        return update
+
+    def spy_train(model, task, client, lr, r):
+        sequential.append(task.client)
+        return train_client(model, task, client, lr, r)
+
+    alg.upload, run.train_client = spy_upload, spy_train
+    run.train_round(round_idx)
+    return uploads, sequential
+
+
+@pytest.mark.parametrize("algorithm", ["fedrolex", "feddropout"])
+def test_client_batching_trains_the_windows_as_the_sequential_loop(algorithm, tmp_path) -> None:
+    """Round 4 (not validated): wrapped rolling windows (conv1 at x1/8 keeps 60..63, 0..3) or
+    random subsets.
+    Widths 1/8 (clients 0, 1) and 1/2 (3-5) are batched groups; the lone 1/4 client stays
+    sequential. Every upload covers the same blocks and agrees to float64 rounding."""
+    from fl.test_batched import digits_config
+
+    budgets = (0.125, 0.125, 0.25, 0.5, 0.5, 0.5)
+    runs = {}
+    for batching in (False, True):
+        cfg = digits_config(batching, algorithm=algorithm, method_params={}, rounds=8)
+        runs[batching] = _one_round_float64(cfg, tmp_path / str(batching), budgets, 4)
+    (seq, _), (bat, sequential) = runs[False], runs[True]
+    assert sequential == [2]
+    assert seq.keys() == bat.keys() == set(range(6))
+    for client, update in seq.items():
+        other = bat[client]
+        assert update.blocks.keys() == other.blocks.keys()
+        for key, block in update.blocks.items():
+            for a, b in zip(block, other.blocks[key], strict=True):
+                assert a == b if isinstance(a, slice) else torch.equal(a, b), (client, key)
+        diff = max(float((t - other.tensors[k]).abs().max()) for k, t in update.tensors.items())
+        assert diff < 1e-9, (client, diff)
+    assert isinstance(seq[0].blocks["conv1.weight"][0], torch.Tensor)  # a non-prefix window
