@@ -31,9 +31,9 @@ from torch import nn
 
 from splitmix.allocator import keep_freed_memory
 from splitmix.config import AdvConfig
-from splitmix.evaluate.fast import inference_model
 from splitmix.models import build_model
-from splitmix.models.ensemble import Ensemble
+from splitmix.splitmix.ensemble import Ensemble
+from splitmix.splitmix.inference import ensemble_inference_model as inference_model
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -30,9 +30,10 @@ import torch.nn.functional as F
 
 from splitmix.config import RunConfig, run_config_from_dict
 from splitmix.data.clients import Client, Federation
-from splitmix.fl.algorithm import FederationInfo, get_algorithm
+from splitmix.fl.algorithm import FederationInfo
 from splitmix.fl.engine import batches, local_steps, make_generator, run_training
 from splitmix.fl.schedule import lr_at
+from splitmix.methods import get_algorithm
 
 
 def synthetic_digits(clients: int, n_train: int, n_val: int, seed: int = 0) -> Federation:

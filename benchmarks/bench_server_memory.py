@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from splitmix.config import RunConfig
-from splitmix.fl.algorithm import FederationInfo, RoundMerge, Task, Update, get_algorithm
+from splitmix.fl.algorithm import FederationInfo, RoundMerge, Task, Update
+from splitmix.methods import get_algorithm
 
 MB = 1024 * 1024
 VARIANTS = ("list", "stream")

@@ -253,7 +253,7 @@ def _param_rule(default: Any) -> dict[str, Any]:
 def _check_method_params(cfg: RunConfig, source: str) -> None:
     """Keys and types from the algorithm's declared ``params``; ranges from the schema's
     ``$defs/params/<algorithm>`` where it has an entry."""
-    from splitmix.fl.algorithm import get_algorithm
+    from splitmix.methods import get_algorithm
     from splitmix.schemas import explain, first_error, load_schema
 
     declared = get_algorithm(cfg.algorithm).params

@@ -17,7 +17,8 @@ from splitmix.config import run_config_from_dict
 from splitmix.data.clients import Client, Federation
 from splitmix.errors import ConfigError
 from splitmix.fl.adversarial import pgd
-from splitmix.fl.algorithm import FederationInfo, Task, get_algorithm
+from splitmix.fl.algorithm import FederationInfo, Task
+from splitmix.methods import get_algorithm
 from splitmix.models import DigitModel, bn_mode
 from splitmix.seeding import rng
 from splitmix.splitmix import CyclicShuffleSampler, SplitMix, count_bases

@@ -23,7 +23,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,6 @@ from splitmix.evaluate.communication import (
     read_log_csv,
 )
 from splitmix.evaluate.cost import model_cost
-from splitmix.evaluate.fast import inference_model
 from splitmix.evaluate.flags import FlagRule, flag_rows
 from splitmix.evaluate.robustness import attack_seed
 from splitmix.evaluate.rows import RunKey, client_rows, to_frame, write_rows
@@ -163,30 +161,33 @@ def _client_models(
     run: LoadedRun, clients: list[Client], build: Callable[[int | None], nn.Module]
 ) -> Iterator[tuple[Client, nn.Module]]:
     """``(client, inference model)`` per client; ``build(client index or None)`` assembles. One
-    model, built and converted (``evaluate.fast``) once, serves every client unless BN is local
-    (module docstring)."""
-    shared = None if run.cfg.bn == "local" else inference_model(build(None))
+    model, built and converted (``Algorithm.inference_model``) once, serves every client unless
+    BN is local (module docstring)."""
+    fast = run.algorithm.inference_model
+    shared = None if run.cfg.bn == "local" else fast(build(None).eval())
     for c in clients:
-        yield c, shared if shared is not None else inference_model(build(c.index))
+        yield c, shared if shared is not None else fast(build(c.index).eval())
 
 
-def maybe_sort_bases(run: LoadedRun) -> list[int] | None:
-    """Split-Mix ``sort_bases``: order bases by their own mean validation accuracy over clients
-    (docs/paper.md#split-mix, test), so ensembles take the best bases first. None if the method has
-    no such option or it is off."""
-    alg: Any = run.algorithm
-    if not (getattr(alg, "p", {}).get("sort_bases") and hasattr(alg, "sort_bases_by")):
-        return None
-    cfg, clients = run.cfg, [c for c in run.federation.clients if c.val_y.numel()]
-    lam = 0.0 if getattr(alg, "dual", False) else None
-    accs = []
-    for i in range(int(alg.num_base)):
+def validation_accuracy(run: LoadedRun) -> Callable[[Callable[[int | None], nn.Module]], float]:
+    """The ``val_accuracy(build)`` that ``Algorithm.prepare_evaluation`` receives: mean over the
+    clients with a validation set of the accuracy of ``build(client)`` on it, in validation
+    batches (``val_batch_size``, as the engine validates)."""
+    clients = [c for c in run.federation.clients if c.val_y.numel()]
+
+    def val_accuracy(build: Callable[[int | None], nn.Module]) -> float:
         per = []
-        for c, model in _client_models(run, clients, partial(alg.assemble_bases, [i], lam)):
-            bs = eval_batch_size(model, cfg.val_batch)  # validation data: validation batches
+        for c, model in _client_models(run, clients, build):
+            bs = eval_batch_size(model, run.cfg.val_batch)
             per.append(client_accuracy(model, c.val_x, c.val_y, bs).acc)
-        accs.append(sum(per) / len(per) if per else 0.0)
-    return alg.sort_bases_by(accs)
+        return sum(per) / len(per) if per else 0.0
+
+    return val_accuracy
+
+
+def prepare_evaluation(run: LoadedRun) -> None:
+    """Let the method make its validation-based choices (e.g. Split-Mix's base order)."""
+    run.algorithm.prepare_evaluation(validation_accuracy(run))
 
 
 def _client_results(
@@ -276,7 +277,7 @@ def evaluate_run(
     torch.set_num_threads(int(options.threads or run.cfg.threads))
     try:
         logs = log_rows(run)  # first: a damaged log fails in seconds, not after the evaluation
-        maybe_sort_bases(run)
+        prepare_evaluation(run)
         rows = model_rows(run, options) + logs
         n_val = sum(int(c.val_y.shape[0]) for c in run.federation.clients)
         rows += flag_rows(run.key, rows, run.federation.num_classes, options.flags, n_val)

@@ -1,8 +1,9 @@
 """Masked weighted averaging: the server-side merge of every method (docs/paper.md#split-mix,
 #heterofl, #fedavg, #pitfalls).
 
-Each uploaded tensor covers either a whole server tensor or a block of it (HeteroFL's top-left
-prefix block; a Split-Mix base is a whole tensor of one base). Every entry of the server state
+Each uploaded tensor covers either a whole server tensor or a block of it (``fl.blocks``: HeteroFL's
+top-left prefix block, FedRolex's wrapping window, a random channel subset; a Split-Mix base is a
+whole tensor of one base). Every entry of the server state
 becomes the weighted mean of the values the clients sent for THAT entry, with the clients' weights;
 entries no client covered keep their value. This one rule gives FedAvg (every client covers every
 entry), HeteroFL (outer channels are averaged only over the clients wide enough to hold them) and
@@ -26,13 +27,14 @@ from collections.abc import Mapping
 
 import torch
 
+from splitmix.fl import blocks
 from splitmix.fl.algorithm import Update
+from splitmix.fl.blocks import Block, BlockEntry
 
-Block = tuple[slice, ...]
 
-
-def _extent(value: torch.Tensor, block: Block | None) -> Block:
-    """The concrete block (start and stop on every dimension) ``value`` covers at ``block``.
+def _extent(value: torch.Tensor, block: Block | None, target: torch.Tensor) -> Block:
+    """The concrete block ``value`` covers at ``block`` of ``target``: every slice gets its start
+    and stop, every index set is checked against the value's length and the target's size.
 
     Slices are made concrete from the value's own shape: ``slice(a, None)`` covers
     ``value.shape[d]`` entries from ``a``.
@@ -42,14 +44,24 @@ def _extent(value: torch.Tensor, block: Block | None) -> Block:
     if len(block) > value.dim():
         raise ValueError(f"block {block} has more dimensions than the value {tuple(value.shape)}")
     full = tuple(block) + tuple(slice(None) for _ in range(value.dim() - len(block)))
-    concrete = []
-    for d, (sl, size) in enumerate(zip(full, value.shape, strict=True)):
-        if sl.step not in (None, 1):
-            raise ValueError(f"block slice {sl} on dim {d} has a step; only contiguous blocks")
-        start = 0 if sl.start is None else int(sl.start)
-        if sl.stop is not None and int(sl.stop) - start != size:
+    concrete: list[BlockEntry] = []
+    for d, (entry, size) in enumerate(zip(full, value.shape, strict=True)):
+        limit = target.shape[d] if d < target.dim() else size
+        blocks.check_entry(entry, limit, d)
+        if not isinstance(entry, slice):
+            if entry.numel() != size:
+                raise ValueError(
+                    f"block index set on dim {d} has {entry.numel()} entries "
+                    f"but the uploaded value has {size}"
+                )
+            if torch.unique(entry).numel() != size:
+                raise ValueError(f"block index set on dim {d} repeats an index")
+            concrete.append(entry)
+            continue
+        start = 0 if entry.start is None else int(entry.start)
+        if entry.stop is not None and int(entry.stop) - start != size:
             raise ValueError(
-                f"block slice {sl} on dim {d} spans {int(sl.stop) - start} entries "
+                f"block slice {entry} on dim {d} spans {int(entry.stop) - start} entries "
                 f"but the uploaded value has {size}"
             )
         concrete.append(slice(start, start + size))
@@ -91,9 +103,15 @@ class MaskedAverage:
         if target is None:
             raise KeyError(f"uploaded key {key!r} is not in the server state")
         value = value.detach()
-        concrete = _extent(value, block)
-        if len(concrete) != target.dim() or any(
-            sl.stop > size for sl, size in zip(concrete, target.shape, strict=True)
+        if value.dim() != target.dim():
+            raise ValueError(
+                f"upload for {key!r} of shape {tuple(value.shape)} at {block} reaches beyond the "
+                f"server tensor {tuple(target.shape)} (another number of dimensions)"
+            )
+        concrete = _extent(value, block, target)
+        if any(
+            isinstance(sl, slice) and sl.stop > size
+            for sl, size in zip(concrete, target.shape, strict=True)
         ):
             raise ValueError(
                 f"upload for {key!r} of shape {tuple(value.shape)} at {block} reaches beyond the "
@@ -110,7 +128,7 @@ class MaskedAverage:
             num = torch.zeros(target.shape, dtype=_acc_dtype(target.dtype), device=target.device)
             self._num[key] = num
             self._cover[key] = []
-        num[concrete].add_(value.to(num.dtype), alpha=w)
+        blocks.add_(num, concrete, value.to(num.dtype), alpha=w)
         self._cover[key].append((concrete, w))
 
     def add_update(self, update: Update, weight: float) -> None:
@@ -122,7 +140,10 @@ class MaskedAverage:
         """Per-entry sum of the weights of the uploads covering each entry of ``key``."""
         den = torch.zeros_like(like)
         for concrete, w in self._cover.pop(key):
-            den[concrete].add_(w)
+            if blocks.is_contiguous(concrete):
+                den[concrete].add_(w)
+            else:
+                blocks.add_(den, concrete, den.new_full(blocks.shape(den, concrete), w))
         return den
 
     def merge(self) -> None:
@@ -138,9 +159,5 @@ class MaskedAverage:
                 del den
                 target.copy_(torch.where(covered, num.to(target.dtype), target))
             for key, (value, block) in self._last.items():
-                target = self.state[key]
-                if block is None:
-                    target.copy_(value)
-                else:
-                    target[block].copy_(value)
+                blocks.write_(self.state[key], block, value)
             self._last.clear()

@@ -37,13 +37,19 @@ Contract of the verbs, in the order the engine calls them each round:
     ``RoundMerge`` through the default verbs, which buffer the round and call ``aggregate`` once.
 ``eval_widths()`` / ``assemble(width, lam, client)``
     The widths validated every round, and an eval-mode model of width ``width`` (dual BN mixed by
-    ``lam``) carrying ``client``'s local tensors.
+    ``lam``) carrying ``client``'s local tensors. A method whose sizes are not widths (DepthFL's
+    depths) labels each size by the budget width it serves, so tables place it beside the others.
+
+Optional hooks, declared below with defaults; generic code calls nothing else:
+``download_bytes(task, model)`` (bytes sent), ``prepare_evaluation(val_accuracy)`` (choices made
+on validation before testing, e.g. Split-Mix's base order), ``inference_model(model)`` (a faster
+equivalent module for evaluation), and the class attribute ``one_run_per_width`` (the report's
+capability flag). The registry lookup lives above this package, in ``splitmix.methods``, so that
+``fl/`` never imports a method.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,30 +78,41 @@ class FederationInfo:
 
 @dataclass(frozen=True)
 class Task:
-    """What one client trains in one round."""
+    """What one client trains in one round.
+
+    ``widths`` and ``bases`` are the common vocabularies (sub-network widths; indices of
+    independent bases); a method that needs anything else (a window offset, a depth, a random
+    channel subset) puts it in ``payload``, which only that method reads. ``round`` is the round
+    index (the engine sets it on every task ``plan`` returns), so ``download``/``upload`` may
+    depend on it, as FedRolex's rolling window does.
+    """
 
     client: int
-    widths: tuple[float, ...] = ()  # sub-network widths (HeteroFL family, FedAvg)
-    bases: tuple[int, ...] = ()  # Split-Mix base indices, in sampled order
+    widths: tuple[float, ...] = ()
+    bases: tuple[int, ...] = ()
+    round: int = 0
+    payload: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass
 class Update:
     """Tensors a client sends to the server.
 
-    ``tensors[key]`` is what goes over the wire; ``blocks[key]`` (optional) is the prefix block of
-    the global tensor it covers, as a tuple of slices (HeteroFL's top-left block). Absent means the
-    whole tensor.
+    ``tensors[key]`` is what goes over the wire; ``blocks[key]`` (optional) is the block of the
+    global tensor it covers (``splitmix.fl.blocks``: per dimension a slice, as HeteroFL's top-left
+    block, or a set of indices, as FedRolex's wrapping window). Absent means the whole tensor.
     """
 
     tensors: dict[str, torch.Tensor]
-    blocks: dict[str, tuple[slice, ...]] = field(default_factory=dict)
+    blocks: dict[str, tuple[slice | torch.Tensor, ...]] = field(default_factory=dict)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``val_accuracy(build)``: mean validation accuracy over clients of ``build(client)`` models.
+ValAccuracy = Callable[[Callable[[int | None], nn.Module]], float]
 
 
 class Algorithm(ABC):
@@ -194,6 +211,35 @@ class Algorithm(ABC):
         """Facts recorded in the run record (e.g. which clients a width's budget violates)."""
         return {}
 
+    # ---- optional hooks: generic code calls these, a method overrides what it needs ----------
+    def download_bytes(self, task: Task, model: nn.Module) -> int:
+        """Bytes the server sent ``task``'s client, which received ``model``.
+
+        The default counts the whole state of ``model`` (each storage once). A method whose
+        downloaded module holds tensors the server never sent (the client's local BN, bases it
+        does not train) counts only what it sent.
+        """
+        return module_state_nbytes(model)
+
+    def prepare_evaluation(self, val_accuracy: ValAccuracy) -> None:
+        """Called once before test evaluation of a finished run, with the best state loaded.
+
+        ``val_accuracy(build)`` is the mean validation accuracy over clients of the models
+        ``build(client_index)`` returns (``build(None)`` is asked once when BN is shared). A method
+        that picks something by validation (Split-Mix's base order) does it here; the default does
+        nothing.
+        """
+        del val_accuracy
+
+    def inference_model(self, model: nn.Module) -> nn.Module:
+        """An equivalent, faster module for evaluation and attacks on the eval-mode ``model``
+        ``assemble`` returned (default: the generic channels-last conversion). A method whose
+        models have exploitable structure (Split-Mix's ensembles fuse into one grouped pass)
+        returns its own; the numbers must stay those of ``model`` up to float summation order."""
+        from splitmix.evaluate.fast import inference_model
+
+        return inference_model(model)
+
 
 def _defined_by(cls: type, name: str) -> type:
     """The most derived class of ``cls``'s MRO that defines attribute ``name`` itself."""
@@ -240,7 +286,8 @@ _REGISTRY: dict[str, type[Algorithm]] = {}
 
 
 def register(cls: type[Algorithm]) -> type[Algorithm]:
-    """Class decorator: make ``cls`` available by ``cls.name`` in configs."""
+    """Class decorator: make ``cls`` available by ``cls.name`` in configs (``splitmix.methods``
+    finds the modules that hold such classes and looks names up)."""
     if not cls.name:
         raise ValueError(f"{cls.__qualname__} must set a non-empty class attribute 'name'")
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
@@ -249,26 +296,19 @@ def register(cls: type[Algorithm]) -> type[Algorithm]:
     return cls
 
 
-def _discover() -> None:
-    """Import Split-Mix and every module of the ``baselines`` package so they self-register."""
-    importlib.import_module("splitmix.splitmix")
-    import baselines
-
-    for mod in pkgutil.iter_modules(baselines.__path__):
-        importlib.import_module(f"baselines.{mod.name}")
+def registered() -> dict[str, type[Algorithm]]:
+    """The classes registered so far, by name (a copy)."""
+    return dict(_REGISTRY)
 
 
-def get_algorithm(name: str) -> type[Algorithm]:
-    _discover()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown algorithm {name!r}; registered: {', '.join(sorted(_REGISTRY))} "
-            "(a new method is one file in baselines/ with @register)"
-        ) from None
-
-
-def available_algorithms() -> list[str]:
-    _discover()
-    return sorted(_REGISTRY)
+def module_state_nbytes(module: nn.Module) -> int:
+    """Bytes of a module's state tensors (parameters and buffers), each storage counted once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for t in module.state_dict(keep_vars=True).values():
+        key = (t.data_ptr(), t.numel())
+        if key in seen:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total

@@ -18,9 +18,10 @@ What a subclass writes: ``build_model()`` (a fresh, randomly initialised global 
   (``download_bytes``, which the engine asks for; ``Update.nbytes`` for the upload);
 * ``state_dict``/``load_state_dict`` = ``{server, local, extra}`` for an exact resume.
 
-A block is a tuple of slices into a server tensor (a prefix block for HeteroFL). The running module
-may be the full model (blocks are then taken from its tensors) or a smaller model whose tensors have
-exactly the block's shape; ``_copy_in``/``_take`` handle both.
+A block (``splitmix.fl.blocks``) names part of a server tensor: per dimension a slice (HeteroFL's
+prefix) or a set of indices (a wrapping window, a random subset). The running module may be the
+full model (blocks are then taken from its tensors) or a smaller model whose tensors have exactly
+the block's shape; ``_copy_in``/``_take`` handle both.
 """
 
 from __future__ import annotations
@@ -32,22 +33,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from splitmix.fl.aggregate import Block, MaskedAverage
+from splitmix.fl import blocks
+from splitmix.fl.aggregate import MaskedAverage
 from splitmix.fl.algorithm import Algorithm, Task, Update
+from splitmix.fl.blocks import Block
 from splitmix.models import local_state_keys
 
 
-def _block_shape(tensor: torch.Tensor, block: Block | None) -> torch.Size:
-    return tensor.shape if block is None else tensor[block].shape
-
-
 def _copy_in(dst: torch.Tensor, src: torch.Tensor, block: Block | None) -> None:
-    """Write ``src[block]`` into ``dst`` (the whole of ``dst`` if it has the block's shape)."""
-    part = src if block is None else src[block]
+    """Write ``src[block]`` into ``dst`` (the whole of ``dst`` if it has the block's shape, else
+    the same block of ``dst``, a full-size tensor)."""
+    part = blocks.read(src, block)
     if dst.shape == part.shape:
         dst.copy_(part)
     else:
-        dst[block].copy_(part)
+        blocks.write_(dst, block, part)
 
 
 def _take(src: torch.Tensor, block: Block | None, full_shape: torch.Size) -> torch.Tensor:
@@ -55,7 +55,8 @@ def _take(src: torch.Tensor, block: Block | None, full_shape: torch.Size) -> tor
     ``full_shape`` (the running tensor may already be exactly the block)."""
     if block is None or src.shape != full_shape:
         return src.detach().clone()
-    return src.detach()[block].clone()
+    part = blocks.read(src.detach(), block)
+    return part.clone() if blocks.is_contiguous(block) else part
 
 
 class ServerModelAlgorithm(Algorithm):
@@ -149,29 +150,31 @@ class ServerModelAlgorithm(Algorithm):
         return self._server_state[key]
 
     def load_client_state(
-        self, model: nn.Module, client: int | None, blocks: dict[str, Block | None]
+        self, model: nn.Module, client: int | None, used: dict[str, Block | None]
     ) -> None:
-        """Copy the server's (and the client's local) tensors of ``blocks`` into ``model``."""
+        """Copy the server's (and the client's local) tensors of ``used`` (key -> block) into
+        ``model``."""
         state = self._state_of(model)
         with torch.no_grad():
-            for key, block in blocks.items():
+            for key, block in used.items():
                 src = self._server_state[key] if client is None else self._client_value(client, key)
                 _copy_in(state[key], src, block)
 
-    def download_bytes(self, task: Task) -> int:
-        """Bytes the server sends ``task``'s client: the non-local blocks it uses."""
+    def download_bytes(self, task: Task, model: nn.Module | None = None) -> int:
+        """Bytes the server sends ``task``'s client: the non-local blocks it uses (the running
+        module may hold more, e.g. bases the client does not train)."""
+        del model
         total = 0
         for key, block in self.exchange_blocks(task).items():
             if key not in self.local_keys:
                 t = self._server_state[key]
-                total += _block_shape(t, block).numel() * t.element_size()
+                total += blocks.shape(t, block).numel() * t.element_size()
         return total
 
     def download(self, task: Task) -> nn.Module:
         self._require_server()
         model = self.running_model(task)
-        blocks = self.exchange_blocks(task)
-        self.load_client_state(model, task.client, blocks)
+        self.load_client_state(model, task.client, self.exchange_blocks(task))
         model.train()
         for p in model.parameters():
             p.requires_grad_(True)
@@ -180,7 +183,7 @@ class ServerModelAlgorithm(Algorithm):
     def upload(self, task: Task, model: nn.Module) -> Update:
         state = self._state_of(model)
         tensors: dict[str, torch.Tensor] = {}
-        blocks: dict[str, Block] = {}
+        sent: dict[str, Block] = {}
         for key, block in self.exchange_blocks(task).items():
             full = self._server_state[key]
             if key in self.local_keys:
@@ -188,19 +191,17 @@ class ServerModelAlgorithm(Algorithm):
                 continue
             tensors[key] = _take(state[key], block, full.shape)
             if block is not None:
-                blocks[key] = block
-        return Update(tensors=tensors, blocks=blocks)
+                sent[key] = block
+        return Update(tensors=tensors, blocks=sent)
 
     def _keep_local(self, client: int, key: str, value: torch.Tensor, block: Block | None) -> None:
         own = self.local.setdefault(client, {})
         if key not in own:
             own[key] = self._server_state[key].detach().clone()
         with torch.no_grad():
-            part = own[key] if block is None else own[key][block]
-            if value.shape == part.shape:
-                part.copy_(value)
-            else:
-                part.copy_(value[block])
+            if value.shape != blocks.shape(own[key], block):
+                value = blocks.read(value, block)  # a full-size running tensor: take the block
+            blocks.write_(own[key], block, value)
 
     def begin_aggregate(self, round_idx: int | None = None) -> None:
         del round_idx

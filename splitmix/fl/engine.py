@@ -25,6 +25,7 @@ everything a resume needs must survive that, and everything it deletes is rebuil
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -46,7 +47,7 @@ from splitmix.atomic import atomic_write_text
 from splitmix.config import RunConfig
 from splitmix.data.clients import Client, Federation
 from splitmix.errors import ConfigError
-from splitmix.fl.algorithm import Algorithm, FederationInfo, LossFn, RoundMerge, Task, get_algorithm
+from splitmix.fl.algorithm import Algorithm, FederationInfo, LossFn, RoundMerge, Task
 from splitmix.fl.checkpoint import atomic_torch_save, load_checkpoint
 from splitmix.fl.losses import make_loss, use_masked_loss
 from splitmix.fl.runlog import CsvLog
@@ -119,32 +120,6 @@ def check_train_sizes(fed: Federation) -> None:
 def width_key(width: float) -> str:
     """Column suffix of a width: ``0.125``, ``0.5``, ``1``."""
     return f"{width:g}"
-
-
-def state_nbytes(module: nn.Module) -> int:
-    """Bytes of a module's state tensors (parameters and buffers), each storage counted once."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for t in module.state_dict(keep_vars=True).values():
-        key = (t.data_ptr(), t.numel())
-        if key in seen:
-            continue
-        seen.add(key)
-        total += t.numel() * t.element_size()
-    return total
-
-
-def download_nbytes(algorithm: Algorithm, task: Task, model: nn.Module) -> int:
-    """Bytes the server sent to the client for ``task``.
-
-    A method that keeps state the client never receives in the downloaded module (its local
-    tensors, bases it does not train) says so with an optional ``download_bytes(task)`` verb;
-    otherwise the whole state of the module the client received is what was sent.
-    """
-    verb = getattr(algorithm, "download_bytes", None)
-    if callable(verb):
-        return int(verb(task))
-    return state_nbytes(model)
 
 
 def batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
@@ -349,7 +324,11 @@ class _Run:
         t0 = time.perf_counter()
         lr = lr_at(cfg, r)
         clients = sample_clients(cfg.seed, r, len(self.fed.clients), cfg.participation)
-        tasks = alg.plan(r, clients, rng(cfg.seed, f"plan/{r}"))
+        # every task carries its round, whatever the method's plan filled in
+        tasks = [
+            t if t.round == r else dataclasses.replace(t, round=r)
+            for t in alg.plan(r, clients, rng(cfg.seed, f"plan/{r}"))
+        ]
         merge = RoundMerge(alg, r)
         comm_rows = []
         loss_sum, steps_total = 0.0, 0
@@ -358,7 +337,7 @@ class _Run:
             tc = time.perf_counter()
             torch.manual_seed(derived_seed(cfg.seed, f"torch/{r}/{task.client}"))
             model = alg.download(task)
-            down = download_nbytes(alg, task, model)
+            down = int(alg.download_bytes(task, model))
             s, n = self.train_client(model, task, client, lr, r)
             update = alg.upload(task, model)
             del model
@@ -552,6 +531,8 @@ def _build_algorithm(cfg: RunConfig, fed: Federation) -> Algorithm:
         arch=arch,
         client_domains=tuple(c.domain for c in fed.clients),
     )
+    from splitmix.methods import get_algorithm  # discovery sits above the engine
+
     return get_algorithm(cfg.algorithm)(cfg, info)
 
 

@@ -1,7 +1,8 @@
-"""Models: DigitModel, AlexNet, pre-activation ResNet-18 (dense and slimmable), Split-Mix's
-ensemble of bases, and every BN regime (batch, tracked, local, dual).
+"""Models: DigitModel, AlexNet, pre-activation ResNet-18 (dense and slimmable), and every BN
+regime (batch, tracked, local, dual). Method-specific models live with their method (Split-Mix's
+ensemble of bases: ``splitmix.splitmix.ensemble``).
 
-Start with ``build_model`` / ``build_ensemble``; ``local_state_keys`` says which tensors are
+Start with ``build_model``; ``local_state_keys`` says which tensors are
 normalisation state, ``prefix_blocks`` which block of each tensor a slimmable width uses, and
 ``set_bn_mode`` / ``bn_mode`` route dual BN.
 """
@@ -9,10 +10,8 @@ normalisation state, ``prefix_blocks`` which block of each tensor a slimmable wi
 from splitmix.models.alexnet import AlexNet, SlimmableAlexNet
 from splitmix.models.base import DEFAULT_WIDTHS
 from splitmix.models.digit import DigitModel, SlimmableDigitModel
-from splitmix.models.ensemble import Ensemble, bases_for_width
 from splitmix.models.factory import (
     ARCHS,
-    build_ensemble,
     build_model,
     count_params,
     default_arch,
@@ -48,7 +47,6 @@ __all__ = [
     "AlexNet",
     "DigitModel",
     "DualBatchNorm",
-    "Ensemble",
     "PreResNet18",
     "Scaler",
     "SlimmableAlexNet",
@@ -58,9 +56,7 @@ __all__ = [
     "SlimmableLinear",
     "SlimmablePreResNet18",
     "SwitchableBatchNorm",
-    "bases_for_width",
     "bn_mode",
-    "build_ensemble",
     "build_model",
     "count_params",
     "default_arch",

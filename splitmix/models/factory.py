@@ -11,7 +11,6 @@ from splitmix.errors import ConfigError
 from splitmix.models.alexnet import AlexNet, SlimmableAlexNet
 from splitmix.models.base import DEFAULT_WIDTHS
 from splitmix.models.digit import DigitModel, SlimmableDigitModel
-from splitmix.models.ensemble import Ensemble, bases_for_width
 from splitmix.models.preresnet import PreResNet18, SlimmablePreResNet18
 from splitmix.models.slimmable import prefix_blocks
 
@@ -35,7 +34,7 @@ def _check_arch(arch: str) -> None:
         raise ConfigError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
 
 
-def _seeded(seed: int | None, make: Callable[[], nn.Module]) -> nn.Module:
+def seeded_init(seed: int | None, make: Callable[[], nn.Module]) -> nn.Module:
     """Run ``make`` with the global torch RNG seeded by ``seed`` and restored afterwards, so that
     parameter init is a function of the seed alone and the caller's RNG stream is untouched."""
     if seed is None:
@@ -62,7 +61,7 @@ def build_model(
 
     ``widths`` are the sub-network widths a slimmable model with tracked/local BN gets a private BN
     for (ignored by dense models); ``input_size`` is the square input side (AlexNet: any >= 63,
-    256 in the paper; PreResNet: any; Digit: must be 28). ``seed``: see ``_seeded``.
+    256 in the paper; PreResNet: any; Digit: must be 28). ``seed``: see ``seeded_init``.
     """
     _check_arch(arch)
     if arch == "digit" and input_size not in (None, 28):
@@ -73,8 +72,8 @@ def build_model(
                 "rescale_init/rescale_layer apply to dense (Split-Mix base) models; slimmable "
                 "layers already divide by the width in training - set both to false"
             )
-        return _seeded(seed, lambda: _build_slim(arch, widths, norm, num_classes, input_size))
-    return _seeded(
+        return seeded_init(seed, lambda: _build_slim(arch, widths, norm, num_classes, input_size))
+    return seeded_init(
         seed,
         lambda: _build_dense(
             arch, width, norm, rescale_init, rescale_layer, num_classes, input_size
@@ -116,48 +115,14 @@ def _build_slim(
     return SlimmablePreResNet18(**kw, input_size=input_size)
 
 
-def build_ensemble(
-    arch: str,
-    *,
-    atom: float = 0.125,
-    max_width: float = 1.0,
-    norm: str = "batch",
-    rescale_init: bool = True,
-    rescale_layer: bool = True,
-    num_classes: int = 10,
-    input_size: int | None = None,
-    seed: int | None = None,
-) -> Ensemble:
-    """Split-Mix's model: ``max_width / atom`` independent dense bases of width ``atom``.
-
-    rescale_init/rescale_layer default to True as in the paper's Split-Mix runs
-    (docs/paper.md#hyperparameters).
-    """
-    n = bases_for_width(max_width, atom)
-
-    def make() -> Ensemble:
-        bases = [
-            _build_dense(arch, atom, norm, rescale_init, rescale_layer, num_classes, input_size)
-            for _ in range(n)
-        ]
-        return Ensemble(nn.ModuleList(bases), atom=atom)
-
-    _check_arch(arch)
-    model = _seeded(seed, make)
-    assert isinstance(model, Ensemble)
-    return model
-
-
 def count_params(model: nn.Module, width: float | None = None) -> int:
     """Number of entries of the state_dict (parameters AND buffers, docs/paper.md#cost).
 
     With ``width``: entries of the width-``width`` model only, i.e. of a slimmable model's prefix
-    sub-network, or of an ensemble's first ``width / atom`` bases (as evaluated at that width).
+    sub-network.
     """
     if width is None:
         return sum(t.numel() for t in model.state_dict().values())
-    if isinstance(model, Ensemble):
-        return count_params(model.select(range(bases_for_width(width, model.atom))))
     state = model.state_dict()
     total = 0
     for key, block in prefix_blocks(model, width).items():

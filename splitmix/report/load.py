@@ -67,7 +67,7 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
 def _algorithm_defaults(algorithm: str) -> dict[str, Any]:
     """Default method params of a registered algorithm (run.json stores only the overrides)."""
     try:
-        from splitmix.fl.algorithm import get_algorithm
+        from splitmix.methods import get_algorithm
 
         return dict(get_algorithm(algorithm).params)
     except Exception:  # unknown or not importable here: the record alone decides

@@ -20,7 +20,8 @@ from splitmix.evaluate.accuracy import (
 from splitmix.evaluate.robustness import adversarial_examples, attack_seed
 from splitmix.evaluate.run import _assemble
 from splitmix.fl.adversarial import pgd
-from splitmix.fl.algorithm import FederationInfo, get_algorithm
+from splitmix.fl.algorithm import FederationInfo
+from splitmix.methods import get_algorithm
 from splitmix.models import bn_mode, build_model
 
 ADV = AdvConfig()  # eps 8/255, 7 steps of (10/255)/7, random start

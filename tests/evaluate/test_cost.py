@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from splitmix.evaluate.cost import count_flops, model_cost
-from splitmix.models import build_ensemble, build_model
+from splitmix.models import build_model
+from splitmix.splitmix import build_ensemble
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,8 +11,9 @@ from splitmix.config import RunConfig
 from splitmix.data.budgets import assign_budgets
 from splitmix.data.clients import Client, Federation
 from splitmix.evaluate.accuracy import client_accuracy
-from splitmix.evaluate.run import LoadedRun, _client_results, maybe_sort_bases
-from splitmix.fl.algorithm import FederationInfo, get_algorithm
+from splitmix.evaluate.run import LoadedRun, _client_results, prepare_evaluation
+from splitmix.fl.algorithm import FederationInfo
+from splitmix.methods import get_algorithm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -76,12 +77,14 @@ def test_sort_bases_puts_the_base_of_best_validation_accuracy_first():
         for c in fed.clients:
             c.val_y = base1(c.val_x.float() / 255).argmax(1)
             c.test_y = base1(c.test_x.float() / 255).argmax(1)
-    assert maybe_sort_bases(run) == [1, 0]
+    prepare_evaluation(run)
+    assert run.algorithm.base_order == [1, 0]
     res = _client_results(run, 0.125, None, attack=None, large=1024)
     assert all(r.acc == 1.0 for r in res.values())  # width 1/8 is now base 1 alone
 
     plain = _run(fed)  # sort_bases off: no sorting, width 1/8 is base 0
-    assert maybe_sort_bases(plain) is None
+    prepare_evaluation(plain)
+    assert plain.algorithm.base_order == [0, 1]
     assert all(r.acc < 1.0 for r in _client_results(plain, 0.125, None, None, 1024).values())
 
 
@@ -101,7 +104,7 @@ def test_sort_bases_validates_in_validation_batches(monkeypatch, val_batch_size,
         return client_accuracy(model, x, y, batch_size, attack)
 
     monkeypatch.setattr(evaluate_run, "client_accuracy", spy)
-    maybe_sort_bases(run)
+    prepare_evaluation(run)
     assert used == [expected] * 4  # 2 bases x 2 clients
     assert run.cfg.test_batch_size == 128
 

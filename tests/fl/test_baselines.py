@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from splitmix.config import AdvConfig, RunConfig
 from splitmix.data.budgets import assign_budgets
 from splitmix.fl.adversarial import pgd
-from splitmix.fl.algorithm import Algorithm, FederationInfo, Task, Update, get_algorithm
+from splitmix.fl.algorithm import Algorithm, FederationInfo, Task, Update
+from splitmix.methods import get_algorithm
 from splitmix.models import build_model
 
 SHAPE = (3, 28, 28)

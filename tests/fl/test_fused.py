@@ -13,9 +13,9 @@ from torch import nn
 from splitmix.config import run_config_from_dict
 from splitmix.errors import ConfigError
 from splitmix.fl.algorithm import FederationInfo, Task
-from splitmix.fl.fused import FusedBases, FusedLinear, check_fusable
 from splitmix.models import build_model
 from splitmix.splitmix import SplitMix
+from splitmix.splitmix.fused import FusedBases, FusedLinear, check_fusable
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from splitmix.config import RunConfig
 from splitmix.data.budgets import assign_budgets
 from splitmix.errors import ConfigError
-from splitmix.fl.algorithm import Algorithm, FederationInfo, Task, Update, get_algorithm
+from splitmix.fl.algorithm import Algorithm, FederationInfo, Task, Update
 from splitmix.fl.base import ServerModelAlgorithm
+from splitmix.methods import get_algorithm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -19,12 +19,12 @@ from splitmix.fl.algorithm import (
     RoundMerge,
     Task,
     Update,
-    get_algorithm,
     register,
     streams,
 )
 from splitmix.fl.checkpoint import load_checkpoint
 from splitmix.fl.engine import run_training
+from splitmix.methods import get_algorithm
 
 from .toy import ToyLinear, toy_config, toy_federation
 

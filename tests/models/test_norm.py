@@ -14,12 +14,12 @@ from splitmix.models import (
     PreResNet18,
     SlimmableDigitModel,
     bn_mode,
-    build_ensemble,
     local_state_keys,
     make_norm,
     norm_kind,
     set_bn_mode,
 )
+from splitmix.splitmix import build_ensemble
 
 BN_TENSORS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 

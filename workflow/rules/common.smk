@@ -76,7 +76,7 @@ def _validate_schema():
 def _check_names():
     """Names a run entry refers to must exist, and methods must name a registered algorithm
     (their parameters are checked with every resolved run)."""
-    from splitmix.fl.algorithm import available_algorithms
+    from splitmix.methods import available_algorithms
 
     datasets, methods = config["datasets"], config["methods"]
     for i, run in enumerate(config["runs"]):

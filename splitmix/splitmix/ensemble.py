@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from splitmix.errors import ConfigError
+from splitmix.models.factory import build_model, seeded_init
 
 
 def bases_for_width(width: float, atom: float) -> int:
@@ -71,3 +72,42 @@ class Ensemble(nn.Module):
     def base_prefix(self, idx: int) -> str:
         """State-key prefix of base ``idx`` (``bases.<idx>.``) for uploading one base's tensors."""
         return f"bases.{int(idx)}."
+
+
+def build_ensemble(
+    arch: str,
+    *,
+    atom: float = 0.125,
+    max_width: float = 1.0,
+    norm: str = "batch",
+    rescale_init: bool = True,
+    rescale_layer: bool = True,
+    num_classes: int = 10,
+    input_size: int | None = None,
+    seed: int | None = None,
+) -> Ensemble:
+    """Split-Mix's model: ``max_width / atom`` independent dense bases of width ``atom``.
+
+    rescale_init/rescale_layer default to True as in the paper's Split-Mix runs
+    (docs/paper.md#hyperparameters).
+    """
+    n = bases_for_width(max_width, atom)
+
+    def make() -> Ensemble:
+        bases = [
+            build_model(
+                arch,
+                width=atom,
+                norm=norm,
+                rescale_init=rescale_init,
+                rescale_layer=rescale_layer,
+                num_classes=num_classes,
+                input_size=input_size,
+            )
+            for _ in range(n)
+        ]
+        return Ensemble(nn.ModuleList(bases), atom=atom)
+
+    model = seeded_init(seed, make)
+    assert isinstance(model, Ensemble)
+    return model

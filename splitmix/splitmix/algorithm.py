@@ -26,12 +26,13 @@ from splitmix.config import RunConfig
 from splitmix.data.budgets import parse_widths
 from splitmix.errors import ConfigError
 from splitmix.fl.adversarial import adversarial_loss
-from splitmix.fl.aggregate import Block
-from splitmix.fl.algorithm import FederationInfo, LossFn, Task, Update, register
+from splitmix.fl.algorithm import FederationInfo, LossFn, Task, Update, ValAccuracy, register
 from splitmix.fl.base import ServerModelAlgorithm
-from splitmix.fl.fused import FusedBases, check_fusable
-from splitmix.models import Ensemble, build_ensemble, norm_kind, set_bn_mode
+from splitmix.fl.blocks import Block
+from splitmix.models import norm_kind, set_bn_mode
 from splitmix.seeding import rng as seeded_rng
+from splitmix.splitmix.ensemble import Ensemble, build_ensemble
+from splitmix.splitmix.fused import FusedBases, check_fusable
 
 _EPS = 1e-9
 
@@ -259,6 +260,24 @@ class SplitMix(ServerModelAlgorithm):
         self, width: float, lam: float | None = None, client: int | None = None
     ) -> nn.Module:
         return self.assemble_bases(self.bases_for(width), lam, client)
+
+    def prepare_evaluation(self, val_accuracy: ValAccuracy) -> None:
+        """``sort_bases``: order the bases by their own mean validation accuracy over clients
+        (docs/paper.md#split-mix, test), so ensembles take the best bases first."""
+        if not self.p["sort_bases"]:
+            return
+        lam = 0.0 if self.dual else None
+        accs = [
+            val_accuracy(lambda k, i=i: self.assemble_bases([i], lam, k))
+            for i in range(self.num_base)
+        ]
+        self.sort_bases_by(accs)
+
+    def inference_model(self, model: nn.Module) -> nn.Module:
+        """An ensemble of several bases runs as one grouped network (``inference``)."""
+        from splitmix.splitmix.inference import ensemble_inference_model
+
+        return ensemble_inference_model(model)
 
     def sort_bases_by(self, val_acc_per_base: Sequence[float]) -> list[int]:
         """Order bases by descending validation accuracy (ties: lower index first) for
