@@ -18,9 +18,10 @@ from baselines.fjord import FjORD, distillation_loss, draw_width
 from splitmix.config import RunConfig
 from splitmix.data.budgets import assign_budgets
 from splitmix.errors import ConfigError
-from splitmix.fl.algorithm import FederationInfo, Task, get_algorithm
+from splitmix.fl.algorithm import FederationInfo, Task
 from splitmix.fl.checkpoint import load_checkpoint
 from splitmix.fl.engine import run_training
+from splitmix.methods import get_algorithm
 from splitmix.models import count_params, prefix_blocks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
