@@ -405,23 +405,24 @@ class _Run:
         Batches of ``cfg.val_batch`` (the training batch size unless set), as the original
         validates with its training loader's batch size: with batch-statistics BN the accuracy
         depends on it, and so do the best round and Split-Mix's base order."""
-        cfg, alg = self.cfg, self.algorithm
+        cfg = self.cfg
         bs = cfg.val_batch
         torch.manual_seed(derived_seed(cfg.seed, f"val/{r}"))  # PGD random starts
         lam_clean = 0.0 if self.adv else None
         per: dict[float, list[ClientEval]] = {w: [] for w in self.widths}
-        for client in self.fed.clients:
-            if client.val_y.numel() == 0:
-                continue
-            for w in self.widths:
-                model = alg.assemble(w, lam_clean, client.index)
-                model.eval()
-                res = _eval_clean(model, client.val_x, client.val_y, bs, self.loss_fn)
-                if self.adv:
-                    model = alg.assemble(w, 1.0, client.index)
-                    model.eval()
-                    res.robust = _eval_robust(model, client.val_x, client.val_y, bs, cfg.adv)
+        clients = [c for c in self.fed.clients if c.val_y.numel()]
+        for w in self.widths:
+            # one assembled model at a time (assemble may reuse one module): all clean passes,
+            # then all robust ones
+            clean = self._val_models(w, lam_clean, clients)
+            for client in clients:
+                res = _eval_clean(clean(client), client.val_x, client.val_y, bs, self.loss_fn)
                 per[w].append(res)
+            if self.adv:
+                robust = self._val_models(w, 1.0, clients)
+                for client, res in zip(clients, per[w], strict=True):
+                    model = robust(client)
+                    res.robust = _eval_robust(model, client.val_x, client.val_y, bs, cfg.adv)
         if not per[self.widths[0]]:
             raise ConfigError(
                 f"no client has validation data (split_config.val_ratio="
@@ -438,6 +439,25 @@ class _Run:
         widest = per[self.widths[-1]]
         out["metric"] = float(np.mean([(1 - lam) * e.acc + lam * e.ra for e in widest]))
         return out
+
+    def _val_models(
+        self, width: float, lam: float | None, clients: list[Client]
+    ) -> Callable[[Client], nn.Module]:
+        """``client -> eval model`` of ``width`` (dual BN mixed by ``lam``) on the fast path
+        (``Algorithm.inference_model``: channels-last, Split-Mix's fused ensembles), as test
+        evaluation runs it. By the ``assemble`` contract a model differs between clients only in
+        their local tensors, so without local BN one converted model serves every client."""
+        alg = self.algorithm
+
+        def build(client: int | None) -> nn.Module:
+            model = alg.assemble(width, lam, client)
+            model.eval()
+            return alg.inference_model(model)
+
+        if self.cfg.bn == "local" or not clients:
+            return lambda c: build(c.index)
+        shared = build(None)
+        return lambda c: shared
 
     def maybe_save_best(self, row: dict[str, Any]) -> None:
         metric = row.get("metric")

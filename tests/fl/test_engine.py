@@ -248,9 +248,19 @@ def test_run_record(straight):
     assert rec["wall_time_s"] > 0
 
 
-def test_validation_calls_assemble_for_every_client_and_width(tmp_path):
+def test_validation_assembles_once_per_width_when_bn_is_shared(tmp_path):
+    """Without local BN every client's model of a width is the same (the assemble contract),
+    so validation builds and converts it once per width and validates every client on it."""
     fed = toy_federation(num_clients=3)
     run_training(toy_config(rounds=2, eval_every=2), tmp_path, federation=fed, progress=False)
+    calls = ToyLinear.last.assembled
+    assert sorted(calls) == sorted((w, None, None) for w in (0.25, 1.0))
+
+
+def test_validation_calls_assemble_for_every_client_with_local_bn(tmp_path):
+    fed = toy_federation(num_clients=3)
+    cfg = toy_config(rounds=2, eval_every=2, bn="local")
+    run_training(cfg, tmp_path, federation=fed, progress=False)
     calls = ToyLinear.last.assembled
     assert sorted(calls) == sorted((w, None, k) for w in (0.25, 1.0) for k in range(3))
 
