@@ -37,6 +37,15 @@ class FedAvg(ServerModelAlgorithm):
 
     name = "fedavg"
     params = {"width": 1.0}
+    one_run_per_width = True  # each width is a separate run
+    param_rules = {
+        "width": {
+            "description": "width of the dense model",
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 1,
+        }
+    }
 
     def __init__(self, cfg: RunConfig, info: FederationInfo) -> None:
         super().__init__(cfg, info)
@@ -70,6 +79,10 @@ class FedAvg(ServerModelAlgorithm):
             loss = loss_fn(model(x), y)
         loss.backward()
         return float(loss.detach())
+
+    def batchable(self, task: Task) -> bool:
+        # the clean step is plain; PGD draws random starts and adds its own forward passes
+        return self.cfg.adv.lam == 0.0
 
     def eval_widths(self) -> list[float]:
         return [self.width]

@@ -233,6 +233,14 @@ class HeteroFL(ServerModelAlgorithm):
             total += float(loss.detach())
         return total
 
+    def batchable(self, task: Task) -> bool:
+        """A one-width task on its dense stand-in steps plainly (SHeteroFL's smallest-budget
+        clients too); the slimmable model needs ``set_width`` first, several widths several
+        losses, adversarial training PGD."""
+        if len(task.widths) != 1 or self.cfg.adv.lam != 0.0:
+            return False
+        return self.dense_for(task.widths[0]) is not None
+
     def eval_widths(self) -> list[float]:
         return list(self.widths)
 
@@ -271,4 +279,10 @@ class SHeteroFL(HeteroFL):
 
     name = "sheterofl"
     params: ClassVar[dict[str, Any]] = {"weighting": "per_width"}
+    param_rules: ClassVar[dict[str, dict[str, Any]]] = {
+        "weighting": {
+            "description": "per_width (the original's accumulator) or per_client",
+            "enum": list(WEIGHTINGS),
+        }
+    }
     train_all_widths = True

@@ -105,6 +105,15 @@ class RunConfig:
     checkpoint_every: int = 10
     threads: int = 2
     device: str = "cpu"
+    # train a round's clients of one module shape as one vmapped batch (splitmix.fl.batched);
+    # off = the sequential reference loop
+    client_batching: bool = False
+
+    def __post_init__(self) -> None:
+        # The method's declared defaults under the given values: the config hash and run.json
+        # then cover every parameter the run used, so a changed default is a changed config.
+        resolved = resolve_method_params(self.algorithm, self.method_params)
+        object.__setattr__(self, "method_params", resolved)
 
     @property
     def val_batch(self) -> int:
@@ -116,11 +125,41 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def config_hash(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=list).encode()
+        values = self.to_dict()
+        # Off, the field is left out: a run of the sequential reference keeps the hash it had
+        # before the field existed (no finished result is retrained). On, it counts: batched
+        # updates equal sequential ones to ~1e-6, not bit for bit, so a resume must not mix them.
+        if not values["client_batching"]:
+            del values["client_batching"]
+        blob = json.dumps(values, sort_keys=True, default=list).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
 _NESTED = {"split_config": SplitConfig, "adv": AdvConfig}
+
+
+def algorithm_class(name: str) -> type[Any]:
+    """The registered method class ``name`` (``ConfigError`` if none): the one place this module
+    reaches the method registry, imported lazily (the registry imports torch and this module)."""
+    from splitmix.methods import get_algorithm
+
+    return get_algorithm(name)
+
+
+def resolve_method_params(algorithm: str, given: Any) -> Any:
+    """``given`` method params over the algorithm's declared defaults (``params``).
+
+    An unknown algorithm or a ``given`` that is not a mapping is returned as it is, for
+    ``validate_run`` to refuse by name. Applying it again changes nothing, so a config read back
+    from run.json or a workflow's per-run file resolves to the same values and the same hash.
+    """
+    if not isinstance(given, dict):
+        return given
+    try:
+        declared = algorithm_class(algorithm).params
+    except ConfigError:
+        return dict(given)
+    return {**declared, **given}
 
 
 def _numeric_kind(hint: Any) -> type | None:
@@ -251,12 +290,12 @@ def _param_rule(default: Any) -> dict[str, Any]:
 
 
 def _check_method_params(cfg: RunConfig, source: str) -> None:
-    """Keys and types from the algorithm's declared ``params``; ranges from the schema's
-    ``$defs/params/<algorithm>`` where it has an entry."""
-    from splitmix.methods import get_algorithm
-    from splitmix.schemas import explain, first_error, load_schema
+    """Keys and types from the algorithm's declared ``params``; value rules from its
+    ``param_rules`` (the method's own file says what its parameters may be)."""
+    from splitmix.schemas import explain, first_error
 
-    declared = get_algorithm(cfg.algorithm).params
+    cls = algorithm_class(cfg.algorithm)
+    declared = cls.params
     where = f"methods.{cfg.method}.params"
     unknown = sorted(set(cfg.method_params) - set(declared))
     if unknown:
@@ -267,8 +306,7 @@ def _check_method_params(cfg: RunConfig, source: str) -> None:
             f"{', '.join(sorted(declared)) or 'none'}",
         )
     rules = {name: _param_rule(default) for name, default in declared.items()}
-    own = load_schema()["$defs"].get("params", {}).get(cfg.algorithm, {})
-    rules.update(own.get("properties", {}))
+    rules.update(cls.param_rules)
     error = first_error(_plain(cfg.method_params), {"type": "object", "properties": rules})
     if error is not None:
         raise InvalidValue(explain(error, source, where))

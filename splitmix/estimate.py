@@ -230,7 +230,7 @@ def time_run(cfg: RunConfig, fed: Any, rounds: int, warmup: int = WARMUP_ROUNDS)
     probe = dataclasses.replace(cfg, rounds=total, eval_every=total + 1)
     torch.set_num_threads(cfg.threads)
     with tempfile.TemporaryDirectory(prefix="splitmix-estimate-") as tmp:
-        run = engine._Run(probe, Path(tmp), fed, progress=False)
+        run = engine.TrainingRun(probe, Path(tmp), fed, progress=False)
         run.resume_or_start(restart=True)
         train, val = [], []
         for r in range(n):

@@ -231,9 +231,9 @@ def test_cli_on_the_test_config(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "synthetic data of the real shapes" in proc.stdout
-    assert "total: 7 run(s)" in proc.stdout
+    assert "total: 8 run(s)" in proc.stdout
     assert "workflow.resources.digits-mini.runtime:" in proc.stdout
-    assert proc.stderr.count("timing ") == 7  # seven methods, one timing each
+    assert proc.stderr.count("timing ") == 8  # eight methods, one timing each
     with out.open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["method"] for r in rows] == [
@@ -244,6 +244,7 @@ def test_cli_on_the_test_config(tmp_path):
         "heterofl",
         "sheterofl",
         "splitmix",
+        "depthfl",
     ]
     for r in rows:
         t = Timing(

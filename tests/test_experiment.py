@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from splitmix.config import RunConfig
+from splitmix.config import RunConfig, algorithm_class
 from splitmix.errors import ConfigError
 from splitmix.experiment import apply_sets, iter_runs, load_experiment, parse_set, resolve_run
 
@@ -64,7 +64,9 @@ def test_layers_merge_in_order(exp):
     # the split entry, with the method's split_config override on top
     sc = cfg.split_config
     assert (sc.kind, sc.clients_per_domain, sc.percent, sc.val_ratio) == ("feature", 4, 0.3, 0.4)
-    assert cfg.method_params == {"atom": 0.125}
+    # the given value over the method's declared defaults (every parameter the run uses)
+    assert cfg.method_params == {**algorithm_class("splitmix").params, "atom": 0.125}
+    assert cfg.method_params["rescale_init"] is True
 
 
 def test_run_entry_applies_only_to_its_methods(exp):
@@ -194,7 +196,7 @@ def test_apply_sets(exp):
     assert (new.adv.lam, new.adv.steps) == (0.25, 3)  # sibling keys kept
     assert new.split_config.val_ratio == 0.3 and new.split_config.kind == "feature"
     assert new.split_config.domains == ("mnist", "usps")
-    assert new.method_params == {"atom": 0.25}
+    assert new.method_params == {**algorithm_class("splitmix").params, "atom": 0.25}
     assert apply_sets(cfg, []) is cfg
     with pytest.raises(ConfigError, match="unknown key 'roundz'"):
         apply_sets(cfg, ["roundz=3"])

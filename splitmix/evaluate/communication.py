@@ -22,18 +22,31 @@ import pandas as pd
 
 from splitmix.errors import DataError
 from splitmix.evaluate.rows import ALL, MEAN, RunKey, client_rows
+from splitmix.runfolder import (
+    CHECKPOINT,
+    COMM,
+    LOG,
+    RUN_RECORD,
+    VAL_ACC,
+    VAL_LOSS,
+    VAL_RA,
+    curve_prefix,
+)
 
-COMM_COLUMNS = ("round", "client", "bytes_down", "bytes_up", "seconds")
 LOG_REQUIRED = ("round", "seconds", "train_loss")
 # log.csv column prefix -> row metric (per width)
-LOG_CURVES = {"val_acc@": "val_acc", "val_loss@": "val_loss", "val_ra@": "val_robust_acc"}
+LOG_CURVES = {
+    curve_prefix(VAL_ACC): "val_acc",
+    curve_prefix(VAL_LOSS): "val_loss",
+    curve_prefix(VAL_RA): "val_robust_acc",
+}
 
 
 # what repairs a damaged log: the engine rewrites both logs from checkpoint.pt when a finished run
 # is trained again (it resumes after the last round and trains nothing)
 LOG_FIX = (
-    "re-run this run's `python -m splitmix train` command without --restart (it rewrites log.csv "
-    "and comm.csv from checkpoint.pt), or retrain it with --restart"
+    f"re-run this run's `python -m splitmix train` command without --restart (it rewrites {LOG} "
+    f"and {COMM} from {CHECKPOINT}), or retrain it with --restart"
 )
 
 
@@ -147,8 +160,8 @@ def communication_rows(
     stray = sorted(set(comm["client"].astype(int)) - known)
     if stray:
         raise DataError(
-            f"comm.csv names client index {stray[0]} but the federation has {len(names)} clients;"
-            " the run directory does not match its run.json"
+            f"{COMM} names client index {stray[0]} but the federation has {len(names)} clients; "
+            f"the run directory does not match its {RUN_RECORD}"
         )
     rows: list[dict[str, Any]] = []
     to_best = comm[comm["round"] <= best_round]

@@ -17,7 +17,6 @@ saves a state copy per client and, for HeteroFL, a prefix extraction.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -35,7 +34,6 @@ from splitmix.data.clients import Client, Federation
 from splitmix.errors import ConfigError, DataError
 from splitmix.evaluate.accuracy import LARGE_BATCH, ClientAccuracy, client_accuracy, eval_batch_size
 from splitmix.evaluate.communication import (
-    COMM_COLUMNS,
     LOG_REQUIRED,
     check_comm_rounds,
     check_rounds,
@@ -49,12 +47,7 @@ from splitmix.evaluate.robustness import attack_seed
 from splitmix.evaluate.rows import RunKey, client_rows, to_frame, write_rows
 from splitmix.fl.algorithm import Algorithm
 from splitmix.models import DualBatchNorm, set_bn_mode
-
-RUN_RECORD = "run.json"
-BEST = "best.pt"
-LOG = "log.csv"
-COMM = "comm.csv"
-EVAL = "eval.csv"
+from splitmix.runfolder import BEST, COMM, COMM_COLUMNS, EVAL, LOG, read_record
 
 
 @dataclass(frozen=True)
@@ -92,22 +85,6 @@ class LoadedRun:
 
 
 # ---- loading ------------------------------------------------------------------------------------
-def read_record(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / RUN_RECORD
-    if not path.is_file():
-        raise DataError(
-            f"{path}: missing; the run is not finished (run.json is written last) - complete it "
-            "with `python -m splitmix train` first"
-        )
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(record, dict) or "config" not in record:
-        raise DataError(f"{path}: has no 'config' entry; it is not a splitmix run record")
-    return record
-
-
 def load_run(
     run_dir: Path, *, federation: Federation | None = None, device: str | None = None
 ) -> LoadedRun:

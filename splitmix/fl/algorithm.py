@@ -43,9 +43,10 @@ Contract of the verbs, in the order the engine calls them each round:
 Optional hooks, declared below with defaults; generic code calls nothing else:
 ``download_bytes(task, model)`` (bytes sent), ``prepare_evaluation(val_accuracy)`` (choices made
 on validation before testing, e.g. Split-Mix's base order), ``inference_model(model)`` (a faster
-equivalent module for evaluation), and the class attribute ``one_run_per_width`` (the report's
-capability flag). The registry lookup lives above this package, in ``splitmix.methods``, so that
-``fl/`` never imports a method.
+equivalent module for evaluation), ``batchable(task)`` (the task's step is plain, so the engine
+may train it batched with others, ``splitmix.fl.batched``), and the class attribute
+``one_run_per_width`` (the report's capability flag). The registry lookup lives above this
+package, in ``splitmix.methods``, so that ``fl/`` never imports a method.
 """
 
 from __future__ import annotations
@@ -121,6 +122,11 @@ class Algorithm(ABC):
     name: ClassVar[str] = ""
     #: method_params keys this algorithm accepts, with their defaults.
     params: ClassVar[dict[str, Any]] = {}
+    #: JSON-schema rules of some params' values (``{"atom": {"type": "number", "maximum": 1}}``),
+    #: checked with every config before any job starts; keys and types already follow ``params``.
+    param_rules: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: A run trains one width; each width is its own run (FedAvg). Recorded in run.json.
+    one_run_per_width: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig, info: FederationInfo) -> None:
         unknown = set(cfg.method_params) - set(self.params)
@@ -230,6 +236,19 @@ class Algorithm(ABC):
         nothing.
         """
         del val_accuracy
+
+    def batchable(self, task: Task) -> bool:
+        """Whether ``task``'s ``train_step`` is exactly ``loss_fn(model(x), y).backward()`` on
+        the module ``download`` returned, and nothing else: no draw from torch's RNG, no other
+        loss term, no state set on the module, every trainable parameter used by the forward.
+
+        Then the engine may train it together with other tasks whose downloads are the same
+        module (``client_batching``, ``splitmix.fl.batched``), with the same mathematics. The
+        default, False, keeps every task on the sequential reference loop; adversarial steps,
+        several widths or bases per step stay there.
+        """
+        del task
+        return False
 
     def inference_model(self, model: nn.Module) -> nn.Module:
         """An equivalent, faster module for evaluation and attacks on the eval-mode ``model``

@@ -26,7 +26,6 @@ everything a resume needs must survive that, and everything it deletes is rebuil
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import platform
@@ -36,14 +35,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 import splitmix
-from splitmix.atomic import atomic_write_text
 from splitmix.config import RunConfig
 from splitmix.data.clients import Client, Federation
 from splitmix.errors import ConfigError
@@ -53,17 +51,30 @@ from splitmix.fl.losses import make_loss, use_masked_loss
 from splitmix.fl.runlog import CsvLog
 from splitmix.fl.sampling import sample_clients
 from splitmix.fl.schedule import lr_at
+from splitmix.runfolder import (
+    BEST,
+    BEST_STATE,
+    CHECKPOINT,
+    COMM,
+    COMM_COLUMNS,
+    LOG,
+    ONE_RUN_PER_WIDTH,
+    OUTPUTS,
+    RUN_RECORD,
+    VAL_ACC,
+    VAL_LOSS,
+    VAL_RA,
+    curve_column,
+    log_columns,
+    width_key,
+    write_record,
+)
 from splitmix.seeding import rng
 from splitmix.timefmt import format_duration
 
-CHECKPOINT = "checkpoint.pt"
-BEST_STATE = "checkpoint-best.pt"  # best model so far; becomes best.pt when the run finishes
-BEST = "best.pt"
-LOG = "log.csv"
-COMM = "comm.csv"
-RUN_RECORD = "run.json"
-OUTPUTS = (CHECKPOINT, BEST_STATE, BEST, LOG, COMM, RUN_RECORD)
-COMM_COLUMNS = ("round", "client", "bytes_down", "bytes_up", "seconds")
+if TYPE_CHECKING:
+    from splitmix.fl.batched import BatchedTraining
+
 FORMAT = 1  # bump when the checkpoint layout changes
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -115,11 +126,6 @@ def check_train_sizes(fed: Federation) -> None:
                 "needs at least 2; use fewer clients (split_config.clients_per_domain), a larger "
                 "split_config.percent or a smaller split_config.val_ratio"
             )
-
-
-def width_key(width: float) -> str:
-    """Column suffix of a width: ``0.125``, ``0.5``, ``1``."""
-    return f"{width:g}"
 
 
 def batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
@@ -190,8 +196,13 @@ def _eval_robust(model: nn.Module, x_u8: torch.Tensor, y: torch.Tensor, bs: int,
 
 
 # ---- the run ------------------------------------------------------------------------------------
-class _Run:
-    """State of one training run; methods are the steps of ``run_training``."""
+class TrainingRun:
+    """State of one training run; its methods are the steps of ``run_training``.
+
+    Public so that tools which time or drive rounds (``splitmix estimate``, the benchmarks) call
+    the engine's own steps: ``resume_or_start``, ``train_round(r)``, ``validate(r)``,
+    ``save_checkpoint``. ``run_training`` is the way to train; this is the way to measure.
+    """
 
     def __init__(self, cfg: RunConfig, out_dir: Path, fed: Federation, progress: bool) -> None:
         self.cfg = cfg
@@ -208,18 +219,12 @@ class _Run:
         self.widths = sorted(float(w) for w in self.algorithm.eval_widths())
         if not self.widths:
             raise ConfigError(f"algorithm {cfg.algorithm!r} validates no width (eval_widths empty)")
-        self.log = CsvLog(self.out / LOG, self._log_columns())
+        self.log = CsvLog(self.out / LOG, log_columns(self.widths, self.adv))
         self.comm = CsvLog(self.out / COMM, COMM_COLUMNS)
         self.start_round = 0
         self.best_metric = -math.inf
         self.best_round = -1
         self.wall_before = 0.0  # wall time of earlier (interrupted) invocations
-
-    def _log_columns(self) -> list[str]:
-        cols = ["round", "lr", "seconds", "train_loss", "bytes_up", "bytes_down", "n_clients"]
-        for kind in ("val_acc", "val_loss") + (("val_ra",) if self.adv else ()):
-            cols += [f"{kind}@{width_key(w)}" for w in self.widths]
-        return [*cols, "metric"]
 
     # -- checkpoint / resume --
     def resume_or_start(self, restart: bool, discard_stale: bool = False) -> None:
@@ -332,13 +337,18 @@ class _Run:
         merge = RoundMerge(alg, r)
         comm_rows = []
         loss_sum, steps_total = 0.0, 0
-        for task in tasks:
+        batched = self.batched_training(tasks, lr, r)
+        for i, task in enumerate(tasks):
             client = self.fed.clients[task.client]
-            tc = time.perf_counter()
+            # a batched task's clock starts with its share of its group's training, done above
+            tc = time.perf_counter() - (batched.seconds(i) if batched is not None else 0.0)
             torch.manual_seed(derived_seed(cfg.seed, f"torch/{r}/{task.client}"))
             model = alg.download(task)
             down = int(alg.download_bytes(task, model))
-            s, n = self.train_client(model, task, client, lr, r)
+            if batched is not None and i in batched:  # trained with its group: write it in
+                s, n = batched.write(i, model)
+            else:
+                s, n = self.train_client(model, task, client, lr, r)
             update = alg.upload(task, model)
             del model
             bytes_up = update.nbytes()
@@ -370,6 +380,18 @@ class _Run:
         self.log.append([row])
         self.comm.append(comm_rows)
         return row
+
+    def batched_training(self, tasks: list[Task], lr: float, r: int) -> BatchedTraining | None:
+        """The round's client-batched training (``client_batching``, splitmix/fl/batched.py), or
+        None: sequential ``train_client`` is the reference and the default."""
+        if not self.cfg.client_batching:
+            return None
+        from splitmix.fl.batched import BatchedTraining  # it imports this module's helpers
+
+        return BatchedTraining(
+            self.algorithm, tasks, self.fed.clients, cfg=self.cfg, lr=lr, round_idx=r,
+            loss_fn=self.loss_fn, augment=self.augment, device=self.device,
+        )  # fmt: skip
 
     def train_client(
         self, model: nn.Module, task: Task, client: Client, lr: float, r: int
@@ -430,11 +452,10 @@ class _Run:
             )
         out: dict[str, float] = {}
         for w, evals in per.items():
-            k = width_key(w)
-            out[f"val_acc@{k}"] = float(np.mean([e.acc for e in evals]))
-            out[f"val_loss@{k}"] = float(np.mean([e.loss_sum / e.n for e in evals]))
+            out[curve_column(VAL_ACC, w)] = float(np.mean([e.acc for e in evals]))
+            out[curve_column(VAL_LOSS, w)] = float(np.mean([e.loss_sum / e.n for e in evals]))
             if self.adv:
-                out[f"val_ra@{k}"] = float(np.mean([e.ra for e in evals]))
+                out[curve_column(VAL_RA, w)] = float(np.mean([e.ra for e in evals]))
         lam = float(cfg.adv.lam)
         widest = per[self.widths[-1]]
         out["metric"] = float(np.mean([(1 - lam) * e.acc + lam * e.ra for e in widest]))
@@ -482,22 +503,21 @@ class _Run:
             _publish(self.out / BEST_STATE, self.out / BEST)
 
     def write_record(self, wall: float) -> dict[str, Any]:
+        # the algorithm's capabilities beside its own facts: the report reads them from here,
+        # never from the live registry or the method's name
+        capabilities = {ONE_RUN_PER_WIDTH: bool(type(self.algorithm).one_run_per_width)}
         record = {
             "config": self.cfg.to_dict(),
             "config_hash": self.hash,
             "versions": _versions(),
-            "algorithm": self.algorithm.describe(),
+            "algorithm": {**self.algorithm.describe(), **capabilities},
             "best_round": self.best_round,
             "best_metric": self.best_metric,
             "rounds": self.cfg.rounds,
             "wall_time_s": wall,
             "federation": federation_counts(self.fed),
         }
-        atomic_write_text(
-            self.out / RUN_RECORD,
-            json.dumps(record, indent=2, default=_json_default) + "\n",
-            durable=True,  # its presence marks the run complete
-        )
+        write_record(self.out, record)  # atomic and durable: its presence marks the run complete
         return record
 
 
@@ -592,16 +612,8 @@ def _versions() -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
-        "splitmix": splitmix.__version__,
+        splitmix.__name__: splitmix.__version__,
     }
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray | tuple | set):
-        return list(obj.tolist() if isinstance(obj, np.ndarray) else obj)
-    return str(obj)
 
 
 # ---- public API -------------------------------------------------------------------------------
@@ -628,7 +640,7 @@ def run_training(
         from splitmix.data.federation import build_federation
 
         federation = build_federation(cfg)
-    run = _Run(cfg, Path(out_dir), federation, progress)
+    run = TrainingRun(cfg, Path(out_dir), federation, progress)
     run.resume_or_start(restart, discard_stale)
     t_start = time.perf_counter()
 
@@ -682,7 +694,7 @@ class _Lines:
     """One plain line per round on stderr: a job's log is readable while it grows, and its line
     count says how many rounds this invocation trained."""
 
-    def __init__(self, run: _Run, t_start: float) -> None:
+    def __init__(self, run: TrainingRun, t_start: float) -> None:
         self.run, self.t_start, self.first = run, t_start, run.start_round
 
     def round_done(self, r: int, row: dict[str, Any]) -> None:
@@ -691,7 +703,7 @@ class _Lines:
         left = eta_seconds(elapsed, r + 1 - self.first, total - r - 1)
         text = f"round {r + 1}/{total}"
         if row.get("metric") is not None:
-            acc = row[f"val_acc@{width_key(run.widths[-1])}"]
+            acc = row[curve_column(VAL_ACC, run.widths[-1])]
             text += f" val_acc {acc:.4f} best {run.best_metric:.4f}"
         text += f" elapsed {format_duration(elapsed)} eta {format_duration(left)}"
         print(text, file=sys.stderr, flush=True)
@@ -703,7 +715,7 @@ class _Lines:
 class _Bar:
     """A tqdm bar on a terminal."""
 
-    def __init__(self, run: _Run, enabled: bool) -> None:
+    def __init__(self, run: TrainingRun, enabled: bool) -> None:
         from tqdm import tqdm
 
         cfg = run.cfg
@@ -721,7 +733,7 @@ class _Bar:
     def round_done(self, r: int, row: dict[str, Any]) -> None:
         self.bar.update(1)
         if row.get("metric") is not None:
-            acc = row[f"val_acc@{width_key(self.run.widths[-1])}"]
+            acc = row[curve_column(VAL_ACC, self.run.widths[-1])]
             self.bar.set_postfix(
                 val=f"{acc:.3f}", best=f"{self.run.best_metric:.3f}", refresh=False
             )
@@ -730,7 +742,7 @@ class _Bar:
         self.bar.close()
 
 
-def _progress(run: _Run, enabled: bool, t_start: float) -> _Lines | _Bar:
+def _progress(run: TrainingRun, enabled: bool, t_start: float) -> _Lines | _Bar:
     if enabled and not sys.stderr.isatty():
         return _Lines(run, t_start)
     return _Bar(run, enabled)

@@ -15,8 +15,10 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Te
     than setting them to -inf, so absent classes still take softmax mass at logit 0; we keep that
     exactly because it changes the loss value and the gradients of the present classes.
     """
-    present = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-    present[target] = True
+    # a comparison, not an indexed write, so that it also runs under torch.func.vmap
+    # (splitmix.fl.batched): the same mask
+    classes = torch.arange(logits.shape[-1], device=logits.device)
+    present = (target.unsqueeze(-1) == classes).any(0)
     return F.cross_entropy(logits * present, target)
 
 

@@ -30,6 +30,9 @@ from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import Bbox
 
 from splitmix.report.load import (
+    METHOD_ORDER,
+    PER_WIDTH,
+    RUN_INFO,
     RUN_KEYS,
     VARIANT_COLUMNS,
     client_mean,
@@ -37,7 +40,7 @@ from splitmix.report.load import (
     per_client,
     reference_filter,
 )
-from splitmix.report.tables import ALGORITHM_ORDER, column_name, column_order, width_label
+from splitmix.report.tables import column_name, column_order, width_label
 
 STYLE: dict[str, Any] = {
     **sns.axes_style("whitegrid"),
@@ -84,17 +87,21 @@ def _panels(n: int, ncols: int = 4, sharey: bool = True, size=PANEL) -> tuple[Fi
 
 
 def with_columns(df: pd.DataFrame) -> pd.DataFrame:
-    """Add ``column``: the method's display name (FedAvg's per-width runs share one)."""
+    """Add ``column``: the method's display name (one-run-per-width runs share one)."""
     df = df.copy()
-    df["column"] = [column_name(m, a) for m, a in zip(df["method"], df["algorithm"], strict=True)]
+    df["column"] = [column_name(m, p) for m, p in zip(df["method"], df[PER_WIDTH], strict=True)]
     return df
 
 
 def method_colors(rows: pd.DataFrame) -> dict[str, Any]:
-    """One stable color per method column (and algorithm name) across every figure of a report:
-    the four paper methods keep the same four colors whatever else is in the rows."""
-    cols = column_order(with_columns(rows[["method", "algorithm"]].drop_duplicates()))
-    names = [*ALGORITHM_ORDER, *(c for c in cols if c not in ALGORITHM_ORDER)]
+    """One stable color per algorithm name and method column across every figure of a report:
+    the algorithms first (one-run-per-width ones, then by first row), so a method entry named
+    like its algorithm (the paper's four) keeps its color whatever variants are in the rows."""
+    runs = rows[["method", *RUN_INFO]].drop_duplicates()
+    algs = runs.assign(column=runs["algorithm"])
+    algs = algs.assign(**{METHOD_ORDER: algs.groupby("algorithm")[METHOD_ORDER].transform("min")})
+    names = column_order(algs)
+    names += [c for c in column_order(with_columns(runs)) if c not in names]
     palette = sns.color_palette("tab10") + sns.color_palette("tab20b")
     return {c: palette[i % len(palette)] for i, c in enumerate(names)}
 
@@ -136,8 +143,8 @@ def _line(color: Any, label: str, **kw: Any) -> Line2D:
 
 
 def _violations(rows: pd.DataFrame) -> pd.Series:
-    """Budget violation per run x width (FedAvg wider than the smallest client budget)."""
-    return rows.groupby([*RUN_KEYS, "algorithm", "width"])["violates_budget"].any()
+    """Budget violation per run x width (one-run-per-width wider than the smallest budget)."""
+    return rows.groupby([*RUN_KEYS, *RUN_INFO, "width"])["violates_budget"].any()
 
 
 def _tasks(df: pd.DataFrame) -> list[tuple[str, str]]:
@@ -357,12 +364,13 @@ def per_domain(rows: pd.DataFrame) -> list[Result]:
 
 # ---- client statistics ---------------------------------------------------------------------------
 def _client_width(acc: pd.DataFrame, task_rows: pd.DataFrame) -> dict[str, float]:
-    """Width shown per method: FedAvg's widest budget-respecting width, else the widest."""
+    """Width shown per method: a one-run-per-width family's widest budget-respecting width, else
+    the widest."""
     out: dict[str, float] = {}
     viol = task_rows.groupby(["method", "width"])["violates_budget"].any()
     for col, g in acc.groupby("column"):
         widths = sorted(g["width"].unique())
-        if (g["algorithm"] == "fedavg").all():
+        if g[PER_WIDTH].all():
             ok = [w for w in widths if not any(viol.get((m, w), False) for m in set(g["method"]))]
             out[col] = max(ok) if ok else min(widths)
         else:
@@ -397,14 +405,14 @@ def client_stats(rows: pd.DataFrame) -> list[Result]:
         run_ids = runs[list(RUN_KEYS)].drop_duplicates()
         panels = []
         for metric, label, log in CLIENT_PANELS:
-            vals = per_client(task, metric).merge(run_ids, on=list(RUN_KEYS))
+            vals = with_columns(per_client(task, metric).merge(run_ids, on=list(RUN_KEYS)))
             if metric in ("acc", "macs"):
-                trio = zip(vals["method"], vals["algorithm"], vals["width"], strict=True)
-                vals = vals[[shown.get(column_name(m, al)) == w for m, al, w in trio]]
+                pairs = zip(vals["column"], vals["width"], strict=True)
+                vals = vals[[shown.get(c) == w for c, w in pairs]]
             if metric == "acc":
                 vals = vals[vals["lam"].isna() | (vals["lam"] == 0.0)]
             if not vals.empty:
-                panels.append((with_columns(vals), label, log, metric))
+                panels.append((vals, label, log, metric))
         cols = [c for c in column_order(a) if c in shown]
         fig, axes = _panels(len(panels), ncols=len(panels), sharey=False, size=(3.4, 3.4))
         for ax, (vals, label, log, metric) in zip(axes, panels, strict=True):
@@ -453,7 +461,7 @@ def flops_accuracy(rows: pd.DataFrame) -> list[Result]:
         cost = model_metric(clean, "flops")
     if acc.empty or cost.empty:
         return [Skipped("flops_accuracy", "needs test acc and macs/flops rows of non-AT runs")]
-    keys = [*RUN_KEYS, "algorithm", "width"]
+    keys = [*RUN_KEYS, *RUN_INFO, "width"]
     both = acc.merge(cost.rename(columns={"value": "cost"}), on=keys)
     viol = _violations(clean).rename("viol").reset_index()
     both = both.merge(viol, on=keys, how="left")
@@ -529,7 +537,7 @@ def _robust_pairs(rows: pd.DataFrame) -> pd.DataFrame:
     """SA and RA (client means, mean over seeds) per method x width x lam with run config."""
     sa = client_mean(rows, "acc").rename(columns={"value": "sa"})
     ra = client_mean(rows, "robust_acc").rename(columns={"value": "ra"})
-    keys = [*RUN_KEYS, "algorithm", "width", "lam"]
+    keys = [*RUN_KEYS, *RUN_INFO, "width", "lam"]
     both = sa.merge(ra, on=keys)
     runs = rows.groupby(list(RUN_KEYS))[["train_lam", "is_at"]].first().reset_index()
     both = both.merge(runs, on=list(RUN_KEYS), how="left")
@@ -538,12 +546,13 @@ def _robust_pairs(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _at_subset(pairs: pd.DataFrame) -> pd.DataFrame:
-    """AT runs, plus FedAvg runs at a width where FedAvg was also adversarially trained (their
-    lambda = 0 point of the FedAvg trade-off)."""
+    """AT runs, plus the clean runs of a one-run-per-width algorithm (FedAvg) at a width where it
+    was also adversarially trained (their lambda = 0 point of its trade-off)."""
     at = pairs[pairs["is_at"] | pairs["dual"]]
-    fedavg_at = at[at["algorithm"] == "fedavg"][["dataset", "split", "width"]].drop_duplicates()
-    base = pairs[(pairs["algorithm"] == "fedavg") & ~(pairs["is_at"] | pairs["dual"])]
-    base = base.merge(fedavg_at, on=["dataset", "split", "width"])
+    keys = ["dataset", "split", "algorithm", "width"]
+    per_width_at = at[at[PER_WIDTH]][keys].drop_duplicates()
+    base = pairs[pairs[PER_WIDTH] & ~(pairs["is_at"] | pairs["dual"])]
+    base = base.merge(per_width_at, on=keys)
     return pd.concat([at, base], ignore_index=True)
 
 
@@ -576,7 +585,7 @@ def ra_sa(rows: pd.DataFrame) -> list[Result]:
             markers = iter(("o", "s", "^", "D", "v", "P"))
             for (alg, w), s in pts.groupby(["algorithm", "width"]):
                 s = s.sort_values("train")
-                color = colors.get(alg, colors.get(column_name(f"{alg}_x{w:g}", alg), "0.3"))
+                color = colors.get(alg, "0.3")
                 mk = next(markers, "o")
                 ax.plot(100 * s["sa"], 100 * s["ra"], ls="--", lw=1, color=color, marker=mk)
                 labels += [PointLabel(100 * p["sa"], 100 * p["ra"], f"λ={p['train']:g}", color)
@@ -711,7 +720,7 @@ def budget_distribution(rows: pd.DataFrame) -> list[Result]:
     acc = _controlled(clean_acc(rows), _runs(rows), ["budgets"])
     if acc.empty:
         return [Skipped("budget_distribution", "no test acc rows of non-AT runs")]
-    adaptive = acc[acc["algorithm"] != "fedavg"].dropna(subset=["budgets"])
+    adaptive = acc[~acc[PER_WIDTH]].dropna(subset=["budgets"])
     out: list[Result] = []
     colors = method_colors(rows)
     for dataset, split in _tasks(acc):
@@ -722,7 +731,7 @@ def budget_distribution(rows: pd.DataFrame) -> list[Result]:
             out.append(Skipped(name, f"{dataset}/{split} has < 2 budget distributions"))
             continue
         fed = _task_rows(acc, dataset, split)
-        fed = fed[(fed["algorithm"] == "fedavg")]
+        fed = fed[fed[PER_WIDTH]]  # one run per width: a reference line, not a method's curve
         fig, axes = _panels(len(specs), ncols=4, size=(3.8, 3.4))
         for ax, spec in zip(axes, specs, strict=True):
             s = seed_stats(g[g["budgets"] == spec], ["algorithm", "width"])
@@ -730,8 +739,7 @@ def budget_distribution(rows: pd.DataFrame) -> list[Result]:
                 ax.errorbar(sa["width"], 100 * sa["mean"], yerr=100 * sa["std"].fillna(0),
                             marker="o", ms=4, capsize=2, lw=1.4,
                             color=colors.get(alg, "0.3"), label=alg)  # fmt: skip
-            if not fed.empty:
-                f = seed_stats(fed, ["width"])
+            for _, f in seed_stats(fed, ["algorithm", "width"]).groupby("algorithm"):
                 ax.plot(f["width"], 100 * f["mean"], ls=":", marker="x", color="0.35")
             ws = sorted(g["width"].unique())
             ax.set_xticks(ws, [width_label(w) for w in ws], rotation=45 if len(ws) > 4 else 0)
@@ -741,8 +749,8 @@ def budget_distribution(rows: pd.DataFrame) -> list[Result]:
             ax.set_ylabel(ACC_LABEL)
         algs = sorted(g["algorithm"].unique())
         handles = [_line(colors.get(a, "0.3"), a, marker="o") for a in algs]
-        if not fed.empty:
-            handles.append(_line("0.35", "fedavg (one run per width)", ls=":", marker="x"))
+        for alg in sorted(fed["algorithm"].unique()):
+            handles.append(_line("0.35", f"{alg} (one run per width)", ls=":", marker="x"))
         _legend(fig, handles, "method")
         fig.suptitle(f"Budget distributions: {dataset} / {split}")
         out.append(

@@ -2,18 +2,23 @@
 
 Evaluation rows (long format, one ``eval.csv`` per run) say *what was measured*; the run record
 ``run.json`` written beside them by training says *under which settings* (budget string,
-participation, BN regime, rescaling, adversarial lambda). Figures such as "accuracy per budget
+participation, BN regime, rescaling, adversarial lambda) and *what the method is* (whether each of
+its widths is a run of its own, ``one_run_per_width``). Figures such as "accuracy per budget
 distribution" need the settings, and the rows do not carry them, so the loader joins a few flat
 config columns onto every row of the run. A run without ``run.json`` still loads: its config columns
 are missing (NaN) and the figures that need them are skipped with that reason.
+
+Everything comes from the rows and the records, never from the live method registry and never from
+a method's name: a report of old results does not change when a method's code or defaults do, and
+a new method needs no report code. A record written before ``one_run_per_width`` was recorded
+counts as one run per width when its ``algorithm`` entry says whether its one width violates the
+budget (``budget_violating``, which only such methods record); a run without a record does not.
 """
 
 from __future__ import annotations
 
 import glob
-import json
 import math
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +27,18 @@ import pandas as pd
 
 from splitmix.errors import DataError
 from splitmix.evaluate.rows import COLUMNS as ROW_COLUMNS
+from splitmix.runfolder import EVAL, ONE_RUN_PER_WIDTH, read_record
 
 RUN_KEYS = ("dataset", "split", "method", "seed")
 TASK_KEYS = ("dataset", "split")
 TEST_ROUND = -1  # rows with round == -1 are test-time metrics; val_acc curves carry the round
 MEAN_CLIENT = "mean"  # the client value of an unweighted mean over clients
 ALL_DOMAINS = ("", "all")  # domain values that mean "not one domain"
-RUN_RECORD = "run.json"
+PER_WIDTH = ONE_RUN_PER_WIDTH  # column: the run's method trains each width as a run of its own
+METHOD_ORDER = "method_order"  # column: rank of the method's first row in the rows read
+# What the selectors keep of a run besides RUN_KEYS (constant within a run): tables and figures
+# name, order and style a method's column by these, never by its name.
+RUN_INFO = ("algorithm", PER_WIDTH, METHOD_ORDER)
 # Config columns joined from run.json (NaN where a run has no record).
 CONFIG_COLUMNS = (
     "budgets",
@@ -40,6 +50,7 @@ CONFIG_COLUMNS = (
     "train_lam",
     "min_budget",
     "run_violates_budget",
+    PER_WIDTH,
 )
 _EPS = 1e-9
 
@@ -63,17 +74,6 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-@cache
-def _algorithm_defaults(algorithm: str) -> dict[str, Any]:
-    """Default method params of a registered algorithm (run.json stores only the overrides)."""
-    try:
-        from splitmix.methods import get_algorithm
-
-        return dict(get_algorithm(algorithm).params)
-    except Exception:  # unknown or not importable here: the record alone decides
-        return {}
-
-
 def _budget_widths(spec: str) -> list[float]:
     try:
         from splitmix.data.budgets import parse_widths
@@ -88,7 +88,9 @@ def run_config_columns(record: dict[str, Any]) -> dict[str, Any]:
     cfg = record.get("config", {}) or {}
     fed = record.get("federation", {}) or {}
     desc = record.get("algorithm", {}) or {}
-    params = {**_algorithm_defaults(str(cfg.get("algorithm", ""))), **cfg.get("method_params", {})}
+    # training records every parameter, defaults included (older records: only those set; the
+    # others stay unknown rather than being guessed from today's code)
+    params = cfg.get("method_params") or {}
     budgets = cfg.get("budgets")
     # The budgets actually assigned are authoritative (a lognormal string can leave the smallest
     # width empty); the budget string is the fallback.
@@ -105,25 +107,33 @@ def run_config_columns(record: dict[str, Any]) -> dict[str, Any]:
         "train_lam": (cfg.get("adv") or {}).get("lam", np.nan),
         "min_budget": min(widths) if widths else np.nan,
         "run_violates_budget": bool(violates) if violates is not None else np.nan,
+        PER_WIDTH: one_run_per_width(desc),
     }
 
 
-def _read_record(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / RUN_RECORD
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path} is not valid JSON ({exc.msg}); rerun that training job") from None
+def one_run_per_width(desc: dict[str, Any]) -> bool:
+    """Whether the record's ``algorithm`` entry is that of a method training one width per run:
+    its recorded capability, or for older records the per-width budget fact (module docstring)."""
+    recorded = desc.get(ONE_RUN_PER_WIDTH)
+    if recorded is not None:
+        return bool(recorded)
+    return "budget_violating" in desc
 
 
 def expand(patterns: str | list[str]) -> list[Path]:
-    """Files matching one or more glob patterns (``**`` recursive), sorted, duplicates removed."""
+    """Files matching one or more glob patterns (``**`` recursive), duplicates removed.
+
+    In the order of the patterns (each pattern's matches sorted): the workflow passes one file per
+    run in its config's order, and the report orders its columns by the methods' first rows.
+    """
     if isinstance(patterns, str):
         patterns = [patterns]
-    found = {Path(p) for pat in patterns for p in glob.glob(str(pat), recursive=True)}
-    return sorted(p for p in found if p.is_file())
+    out: dict[Path, None] = {}
+    for pat in patterns:
+        for p in sorted(Path(f) for f in glob.glob(str(pat), recursive=True)):
+            if p.is_file():
+                out.setdefault(p, None)
+    return list(out)
 
 
 def load_rows(patterns: str | list[str]) -> pd.DataFrame:
@@ -136,7 +146,7 @@ def load_rows(patterns: str | list[str]) -> pd.DataFrame:
         shown = patterns if isinstance(patterns, str) else " ".join(patterns)
         raise DataError(
             f"no evaluation rows match {shown!r}; produce them with `python -m splitmix evaluate` "
-            "(or `snakemake`) or pass --rows with the right glob, e.g. 'results/**/eval.csv'"
+            f"(or `snakemake`) or pass --rows with the right glob, e.g. 'results/**/{EVAL}'"
         )
     frames = []
     for path in files:
@@ -144,7 +154,7 @@ def load_rows(patterns: str | list[str]) -> pd.DataFrame:
         if df.empty:
             continue
         df = _normalise(df[list(ROW_COLUMNS)])
-        record = _read_record(path.parent)
+        record = read_record(path.parent, missing_ok=True)
         cols = run_config_columns(record) if record is not None else dict.fromkeys(CONFIG_COLUMNS)
         for key in CONFIG_COLUMNS:
             value = cols.get(key)
@@ -184,11 +194,15 @@ def _attack(s: pd.Series) -> str:
 
 
 def add_derived(rows: pd.DataFrame) -> pd.DataFrame:
-    """Columns every table/figure needs: min budget fallback, budget violation, AT flag."""
+    """Columns every table/figure needs: one run per width (False without a record), method
+    order, min budget fallback, budget violation, AT flag."""
     rows = rows.copy()
     for key in CONFIG_COLUMNS:
         if key not in rows.columns:
             rows[key] = np.nan
+    rows[PER_WIDTH] = [not _is_nan(v) and v is not None and bool(v) for v in rows[PER_WIDTH]]
+    first_seen = {m: i for i, m in enumerate(pd.unique(rows["method"]))}
+    rows[METHOD_ORDER] = rows["method"].map(first_seen).astype(np.int64)
     rows["min_budget"] = pd.to_numeric(rows["min_budget"], errors="coerce")
     # Without a run record, the smallest width any size-adaptive method evaluates in that task
     # is the smallest budget (HeteroFL/Split-Mix evaluate exactly the budget widths).
@@ -205,7 +219,7 @@ def add_derived(rows: pd.DataFrame) -> pd.DataFrame:
 def _smallest_width_per_task(rows: pd.DataFrame) -> dict[tuple[str, str], float]:
     out: dict[tuple[str, str], float] = {}
     for (dataset, split), g in rows.groupby(list(TASK_KEYS), sort=False):
-        adaptive = g[g["algorithm"] != "fedavg"]["width"].dropna()
+        adaptive = g[~g[PER_WIDTH]]["width"].dropna()
         widths = adaptive if not adaptive.empty else g["width"].dropna()
         if not widths.empty:
             out[(dataset, split)] = float(widths.min())
@@ -213,14 +227,15 @@ def _smallest_width_per_task(rows: pd.DataFrame) -> dict[tuple[str, str], float]
 
 
 def _violates(rows: pd.DataFrame) -> pd.Series:
-    """FedAvg at a width wider than the smallest client budget trains clients beyond budget."""
-    fedavg = rows["algorithm"] == "fedavg"
+    """A one-run-per-width method (FedAvg) at a width wider than the smallest client budget trains
+    clients beyond their budget; a size-adaptive method gives each client a width it can train."""
+    per_width = rows[PER_WIDTH].astype(bool)
     too_wide = rows["width"] > rows["min_budget"] + _EPS
     recorded = rows["run_violates_budget"]
-    known = recorded.notna()
-    out = fedavg & too_wide
+    known = recorded.notna() & per_width
+    out = per_width & too_wide
     # The record's flag (computed from the actual clients) wins where it exists.
-    out[known & fedavg] = recorded[known & fedavg].astype(bool)
+    out[known] = recorded[known].astype(bool)
     return out.astype(bool)
 
 
@@ -248,11 +263,11 @@ def client_mean(rows: pd.DataFrame, metric: str, *, test: bool = True) -> pd.Dat
 
     Uses the evaluation's own ``client == "mean"`` rows where they exist and otherwise averages the
     per-client rows, so a file that stores only one of the two still gives the paper's number.
-    Returns columns RUN_KEYS + algorithm, width, lam, [round,] value.
+    Returns columns RUN_KEYS + RUN_INFO, width, lam, [round,] value.
     """
     sel = rows[rows["metric"] == metric]
     sel = sel[sel["round"] == TEST_ROUND] if test else sel[sel["round"] != TEST_ROUND]
-    keys = [*RUN_KEYS, "algorithm", "width", "lam", "round"]
+    keys = [*RUN_KEYS, *RUN_INFO, "width", "lam", "round"]
     means = sel[(sel["client"] == MEAN_CLIENT) & sel["domain"].isin(ALL_DOMAINS)]
     per_client = sel[~sel["client"].isin(("", MEAN_CLIENT))]
     per_client = per_client.groupby([*keys, "client"], dropna=False)["value"].mean().reset_index()
@@ -277,26 +292,26 @@ def model_metric(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
         & (rows["round"] == TEST_ROUND)
         & rows["client"].isin(("", MEAN_CLIENT))
     ]
-    keys = [*RUN_KEYS, "algorithm", "width"]
+    keys = [*RUN_KEYS, *RUN_INFO, "width"]
     return sel.groupby(keys, dropna=False)["value"].mean().reset_index()
 
 
 def per_client(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Test-time per-client values (client is a client name): RUN_KEYS, algorithm, width, lam,
+    """Test-time per-client values (client is a client name): RUN_KEYS, RUN_INFO, width, lam,
     client, domain, value; repeated rows of one client (e.g. per round) are averaged."""
     sel = rows[
         (rows["metric"] == metric)
         & (rows["round"] == TEST_ROUND)
         & ~rows["client"].isin(("", MEAN_CLIENT))
     ]
-    keys = [*RUN_KEYS, "algorithm", "width", "lam", "client"]
+    keys = [*RUN_KEYS, *RUN_INFO, "width", "lam", "client"]
     out = sel.groupby(keys, dropna=False).agg(value=("value", "mean"), domain=("domain", "first"))
     return out.reset_index()
 
 
 def run_table(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per run with its config columns (first value; they are constant within a run)."""
-    cols = [c for c in (*CONFIG_COLUMNS, "is_at", "algorithm") if c in rows.columns]
+    cols = [c for c in (*CONFIG_COLUMNS, "is_at", "algorithm", METHOD_ORDER) if c in rows.columns]
     return rows.groupby(list(RUN_KEYS), dropna=False)[cols].first().reset_index()
 
 

@@ -2,11 +2,12 @@
 
 Accuracy is the mean +- sample standard deviation (ddof=1) over seeds of the unweighted mean over
 clients of the test accuracy; MACs (per sample) and parameters are model-level rows averaged over
-seeds (they do not vary with the seed). One FedAvg run exists per width, so the FedAvg runs of a
-task are merged into one column by stripping the ``_x<width>`` suffix of their method names. A
-FedAvg width wider than the smallest client budget trains some clients beyond their budget: it is
-flagged (``budget_violating``), greyed in LaTeX, marked with a dagger in Markdown and never counts
-as the best of its row.
+seeds (they do not vary with the seed). A method whose run record says it trains one width per
+run (``one_run_per_width``, FedAvg) has one run per width, so such runs of a task are merged into
+one column by stripping the ``_x<width>`` suffix of their method names. Such a width wider than the
+smallest client budget trains some clients beyond their budget: it is flagged
+(``budget_violating``), greyed in LaTeX, marked with a dagger in Markdown and never counts as the
+best of its row.
 
 Best of a row (``mark``): the highest budget-respecting mean is ``best`` (bold) only when it is
 ahead of every other budget-respecting entry of the row by more than their seed spread
@@ -16,7 +17,9 @@ Cells of runs the evaluation flagged as under-trained (``undertrained``) carry a
 the reasons are listed under the table.
 
 Layout: one row per task x width, one accuracy / MACs / params column per method, so "best per
-row" compares methods at the same width.
+row" compares methods at the same width. Columns: the one-run-per-width families first, then the
+methods in the order of their first rows (the config's order when the workflow builds the report),
+so the paper's FedAvg, HeteroFL, SHeteroFL, Split-Mix order needs no method names here.
 """
 
 from __future__ import annotations
@@ -30,10 +33,9 @@ import numpy as np
 import pandas as pd
 
 from splitmix.report.flags import run_flags
-from splitmix.report.load import client_mean, model_metric
+from splitmix.report.load import METHOD_ORDER, PER_WIDTH, RUN_INFO, client_mean, model_metric
 from splitmix.report.spread import SPREAD_DEFINITION, seed_spread
 
-ALGORITHM_ORDER = ("fedavg", "heterofl", "sheterofl", "splitmix")
 CSV_COLUMNS = (
     "dataset",
     "split",
@@ -51,6 +53,8 @@ CSV_COLUMNS = (
     "mark",
     "undertrained",
     "flags",
+    PER_WIDTH,
+    METHOD_ORDER,
 )
 VIOLATES_NOTE = "violates budget"
 DAGGER = "†"
@@ -60,9 +64,10 @@ BEST, TIED = "best", "tie"
 _WIDTH_SUFFIX = re.compile(r"_x[0-9.]+$")
 
 
-def column_name(method: str, algorithm: str) -> str:
-    """Table column of a method: FedAvg's per-width runs share one column."""
-    return _WIDTH_SUFFIX.sub("", method) if algorithm == "fedavg" else method
+def column_name(method: str, one_run_per_width: bool) -> str:
+    """Table column of a method: the runs of a one-run-per-width method (``<family>_x<width>``)
+    share one column."""
+    return _WIDTH_SUFFIX.sub("", method) if one_run_per_width else method
 
 
 def width_label(width: float, tex: bool = False) -> str:
@@ -73,18 +78,15 @@ def width_label(width: float, tex: bool = False) -> str:
 
 
 def column_order(table: pd.DataFrame) -> list[str]:
-    """Columns ordered FedAvg, HeteroFL, SHeteroFL, Split-Mix, then others, each alphabetically."""
-    pairs = table[["column", "algorithm"]].drop_duplicates()
-
-    def rank(alg: str) -> int:
-        return ALGORITHM_ORDER.index(alg) if alg in ALGORITHM_ORDER else len(ALGORITHM_ORDER)
-
-    pairs = sorted(pairs.itertuples(index=False), key=lambda p: (rank(p.algorithm), p.column))
-    seen: list[str] = []
-    for p in pairs:
-        if p.column not in seen:
-            seen.append(p.column)
-    return seen
+    """Columns of ``table`` (with ``column``, PER_WIDTH and METHOD_ORDER): the one-run-per-width
+    families first, then by the first row of any of a column's methods, ties by name."""
+    first: dict[str, tuple[bool, int, str]] = {}
+    for col, per_width, order in zip(
+        table["column"], table[PER_WIDTH], table[METHOD_ORDER], strict=True
+    ):
+        key = (not bool(per_width), int(order), str(col))
+        first[col] = min(first.get(col, key), key)
+    return sorted(first, key=first.__getitem__)
 
 
 def build_table1(rows: pd.DataFrame) -> pd.DataFrame:
@@ -93,7 +95,7 @@ def build_table1(rows: pd.DataFrame) -> pd.DataFrame:
     acc = client_mean(clean, "acc")
     # Dual-BN rows carry a test lambda; the clean benchmark is lambda = 0 (clean BN).
     acc = acc[acc["lam"].isna() | (acc["lam"] == 0.0)]
-    keys = ["dataset", "split", "method", "algorithm", "width"]
+    keys = ["dataset", "split", "method", *RUN_INFO, "width"]
     per_seed = acc.groupby([*keys, "seed"], dropna=False)["value"].mean().reset_index()
     table = (
         per_seed.groupby(keys)["value"]
@@ -108,7 +110,7 @@ def build_table1(rows: pd.DataFrame) -> pd.DataFrame:
     table["budget_violating"] = table["budget_violating"].fillna(False).astype(bool)
     table["note"] = np.where(table["budget_violating"], VIOLATES_NOTE, "")
     table["column"] = [
-        column_name(m, a) for m, a in zip(table["method"], table["algorithm"], strict=True)
+        column_name(m, p) for m, p in zip(table["method"], table[PER_WIDTH], strict=True)
     ]
     table = _add_flags(table, clean)
     table["mark"] = _marks(table)

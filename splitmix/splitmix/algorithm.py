@@ -101,6 +101,18 @@ class SplitMix(ServerModelAlgorithm):
         "sort_bases": False,  # test: ensembles take the bases of best validation accuracy first
         "loss_temp": "none",  # none | auto | number (ablation, docs/paper.md#split-mix)
     }
+    param_rules = {
+        "atom": {
+            "description": "width of one base, at most the smallest budget width",
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 1,
+        },
+        "loss_temp": {
+            "description": "none, auto or a temperature > 0",
+            "oneOf": [{"enum": [None, "none", "auto"]}, {"type": "number", "exclusiveMinimum": 0}],
+        },
+    }
 
     def __init__(self, cfg: RunConfig, info: FederationInfo) -> None:
         super().__init__(cfg, info)

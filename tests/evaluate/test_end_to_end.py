@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from splitmix.config import run_config_from_dict
+from splitmix.config import algorithm_class, run_config_from_dict
 from splitmix.data.clients import Federation
 from splitmix.data.federation import build_federation
 from splitmix.evaluate import cli
@@ -23,6 +23,7 @@ from splitmix.evaluate.rows import read_rows
 from splitmix.evaluate.run import EvalOptions, evaluate_run, load_run, log_rows
 from splitmix.fl.engine import run_training
 from splitmix.models import bn_mode, build_model
+from splitmix.runfolder import read_record
 
 from .test_cost import digit_macs
 
@@ -175,6 +176,17 @@ def _check_flags(df: pd.DataFrame) -> None:
     expected = {w: float(a <= 0.15) for w, a in zip(acc["width"], acc["value"], strict=True)}
     assert near.to_dict() == expected
     assert df[df["metric"] == "chance_acc"]["value"].tolist() == [0.1]
+
+
+@pytest.mark.parametrize("method, per_width", [("fedavg", True), ("splitmix", False)])
+def test_run_record_says_whether_each_width_is_its_own_run(trained, method, per_width):
+    run_dir, _ = trained(method)
+    record = read_record(run_dir)
+    # the capability the report reads instead of the method's name, beside describe()'s facts
+    assert record["algorithm"]["one_run_per_width"] is per_width
+    declared = algorithm_class(METHODS[method]["algorithm"]).params
+    given = METHODS[method].get("method_params", {})
+    assert record["config"]["method_params"] == {**declared, **given}  # defaults recorded too
 
 
 @pytest.mark.slow

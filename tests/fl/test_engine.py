@@ -241,7 +241,10 @@ def test_run_record(straight):
     assert rec["config_hash"] == cfg.config_hash() == result["config_hash"]
     assert rec["config"]["algorithm"] == "toy-linear"
     assert set(rec["versions"]) == {"python", "torch", "numpy", "splitmix"}
-    assert rec["algorithm"] == {"toy": True}
+    # describe()'s facts, and the capabilities the report reads instead of the method's name
+    assert rec["algorithm"] == {"toy": True, "one_run_per_width": False}
+    # the method's declared defaults are recorded though the config sets none of them
+    assert rec["config"]["method_params"] == {"noise": 0.05, "widths": [0.25, 1.0]}
     assert rec["best_round"] == result["best_round"]
     assert rec["federation"]["num_clients"] == len(fed.clients)
     assert rec["federation"]["n_train"] == sum(len(c.train_y) for c in fed.clients)

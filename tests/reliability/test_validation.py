@@ -141,16 +141,19 @@ def test_set_repairs_a_value_the_file_gets_wrong(tmp_path):
 
 
 # Hashes of config/test.yaml's runs, pinned: validation must never change a good config's hash, or
-# every finished result would be retrained. (Re-pinned once, when the val_batch_size field was
-# added: a new run-config field deliberately changes every hash.)
+# every finished result would be retrained. (Re-pinned when the val_batch_size field was added: a
+# new run-config field deliberately changes every hash; and when method_params began to hold the
+# method's declared defaults: the methods with defaults the config does not set, sheterofl,
+# splitmix and depthfl, deliberately changed.)
 MAIN_HASHES = {
     "fedavg_x0.125": "0c492e538024173d",
     "fedavg_x0.25": "d18c77ca31b6c4fe",
     "fedavg_x0.5": "ac870ea1faf606a4",
     "fedavg_x1": "3473e90c8bafd171",
     "heterofl": "ddc2483dbade371c",
-    "sheterofl": "10f109601c73ef4b",
-    "splitmix": "a9a1f5b388cc1778",
+    "sheterofl": "cc2cb4026540f9df",
+    "splitmix": "ed94afda04f68942",
+    "depthfl": "d33b35da8b8144e4",
 }
 
 
@@ -266,5 +269,5 @@ def test_workflow_warns_about_a_device_its_jobs_refuse(tmp_path):
     path = write_config(tmp_path / "c.yaml", cfg)
     proc = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(path))
     assert proc.returncode == 0, proc.stdout[-2000:]
-    assert "7 run(s) train on device 'cuda', which cannot be used here: this torch" in proc.stdout
+    assert "8 run(s) train on device 'cuda', which cannot be used here: this torch" in proc.stdout
     assert yaml.safe_load(path.read_text())["training"]["device"] == "cuda"

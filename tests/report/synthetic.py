@@ -67,10 +67,32 @@ class Spec:
     flags: bool = False  # add the evaluation's flag rows, decided by its own rule from these rows
     cost_scale: float = 1.0  # MACs/FLOPs relative to a dense model of the width
     bytes_scale: float = 1.0  # bytes per round relative to a dense model of the budget
+    # run.json's algorithm.one_run_per_width; None = the registered method's (False if unknown)
+    one_run_per_width: bool | None = None
+    legacy_record: bool = False  # a record of before one_run_per_width and resolved params
 
     @property
     def split(self) -> str:
         return SPLITS[self.dataset]
+
+    @property
+    def per_width(self) -> bool:
+        """Whether each width of this method is a run of its own (as training records it)."""
+        if self.one_run_per_width is not None:
+            return self.one_run_per_width
+        cls = _registered(self.algorithm)
+        return bool(cls.one_run_per_width) if cls is not None else False
+
+
+def _registered(algorithm: str) -> type | None:
+    """The registered method class, or None for a name made up by a test."""
+    from splitmix.config import algorithm_class
+    from splitmix.errors import ConfigError
+
+    try:
+        return algorithm_class(algorithm)
+    except ConfigError:
+        return None
 
 
 def _rng(spec: Spec, salt: str) -> np.random.Generator:
@@ -178,7 +200,7 @@ def rows_for(spec: Spec) -> pd.DataFrame:
             ("model_bytes", 4 * params * 1.01, "B"),
         ):
             rows.append(_row(spec, width=width, metric=metric, value=value, unit=unit))
-    trained = [max(spec.widths) if spec.algorithm == "fedavg" else b for b in budgets_of(spec)]
+    trained = [max(spec.widths) if spec.per_width else b for b in budgets_of(spec)]
     nbytes = [4 * BASE_PARAMS[spec.dataset] * w**2 * spec.bytes_scale for w in trained]
     rows += _client_rows(spec, "bytes_down_per_round", nbytes, "B")
     rows += _client_rows(spec, "bytes_up_per_round", nbytes, "B")
@@ -213,16 +235,22 @@ def _curve(kind: str, final: float, r: int) -> float:
 
 
 def record_for(spec: Spec) -> dict[str, Any]:
-    """A ``run.json`` shaped like the engine's run record (only the parts the report reads)."""
+    """A ``run.json`` shaped like the engine's run record (only the parts the report reads): the
+    method's params resolved over its declared defaults and its one_run_per_width, unless
+    ``legacy_record`` (then only the params set, and no one_run_per_width)."""
     budgets = budgets_of(spec)
     counts: dict[str, int] = {}
     for b in budgets:
         counts[f"{b:g}"] = counts.get(f"{b:g}", 0) + 1
     params = dict(spec.method_params)
     algo: dict[str, Any] = {}
-    if spec.algorithm == "fedavg":
+    if spec.per_width:
         params.setdefault("width", spec.widths[0])
         algo["budget_violating"] = bool(spec.widths[0] > min(budgets))
+    cls = _registered(spec.algorithm)
+    if not spec.legacy_record:
+        params = {**(cls.params if cls is not None else {}), **params}
+        algo["one_run_per_width"] = spec.per_width
     return {
         "config": {
             "dataset": spec.dataset,

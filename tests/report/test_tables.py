@@ -225,18 +225,41 @@ def test_at_runs_never_enter_table1(grid):
     assert not table["method"].str.contains("_at|dbn").any()
 
 
-def test_without_run_json_min_budget_falls_back_to_smallest_adaptive_width(tmp_path):
+def test_without_run_json_min_budget_falls_back_to_smallest_width(tmp_path):
     specs = [
         Spec("digits", f"fedavg_x{w:g}", "fedavg", 1, (w,), record=False) for w in (0.25, 0.5)
     ] + [Spec("digits", "splitmix", "splitmix", 1, (0.25, 0.5, 1.0), record=False)]
     write_runs(tmp_path, specs)
     rows = load_rows(str(tmp_path / GLOB))
     assert rows["budgets"].isna().all()
+    assert (rows["min_budget"] == 0.25).all()
+    # without a record nothing says a run is one of a method's per-width runs (the report never
+    # guesses from a name): every run is its own column and none is flagged
+    assert not rows["one_run_per_width"].any()
     table = build_table1(rows)
-    viol = dict(zip(table["method"], table["budget_violating"], strict=False))
-    assert viol == {"fedavg_x0.25": False, "fedavg_x0.5": True, "splitmix": False}
+    assert set(table["column"]) == {"fedavg_x0.25", "fedavg_x0.5", "splitmix"}
+    assert not table["budget_violating"].any()
     assert math.isnan(table["acc_std"].iloc[0])  # one seed: no std, shown as the mean alone
     assert "±" not in to_markdown(table).split("## ")[1]
+
+
+def test_records_older_than_one_run_per_width_are_read_from_their_budget_fact(tmp_path):
+    # records written before one_run_per_width existed: FedAvg's says whether its one width
+    # violates the budget, which only a one-run-per-width method records
+    specs = [
+        Spec("digits", f"fedavg_x{w:g}", "fedavg", 1, (w,), legacy_record=True)
+        for w in (0.125, 0.5)
+    ] + [Spec("digits", "splitmix", "splitmix", 1, WIDTHS, legacy_record=True)]
+    write_runs(tmp_path, specs)
+    rows = load_rows(str(tmp_path / GLOB))
+    per_width = rows.groupby("method")["one_run_per_width"].first().to_dict()
+    assert per_width == {"fedavg_x0.125": True, "fedavg_x0.5": True, "splitmix": False}
+    # only the params a legacy record stores are known; the rest are not guessed from today's code
+    assert rows.loc[rows["method"] == "splitmix", "rescale_init"].isna().all()
+    table = build_table1(rows)
+    viol = table.set_index(["column", "width"])["budget_violating"]
+    assert not viol[("fedavg", 0.125)] and viol[("fedavg", 0.5)]
+    assert not viol["splitmix"].any()
 
 
 def test_no_matching_rows_is_a_one_line_data_error(tmp_path):
@@ -262,7 +285,7 @@ def test_without_run_json_pgd_rows_do_not_hide_runs_from_table1(tmp_path):
         s.record = False
     write_runs(tmp_path, specs)
     table = build_table1(load_rows(str(tmp_path / GLOB)))
-    assert set(table["column"]) == {"fedavg", "sheterofl", "splitmix"}
+    assert set(table["method"]) == {s.method for s in specs}  # every run is in the table
 
 
 def test_loader_refuses_robust_accuracies_from_different_attacks(tmp_path):

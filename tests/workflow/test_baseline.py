@@ -43,7 +43,12 @@ def test_new_baseline_runs_through_the_dag(tmp_path):
         rows = list(csv.DictReader(fh))
     assert {r["algorithm"] for r in rows} == {"toy_fedavg"}
     assert {float(r["width"]) for r in rows if r["metric"] == "acc"} == {0.25}
-    assert (tmp_path / "figures" / "toy" / "table1.csv").is_file()
+    # FedAvg's capability comes with the class, so the report treats the new method as FedAvg
+    # (budget flags of a one-run-per-width method) without an edit and without its name
+    assert record["algorithm"]["one_run_per_width"] is True
+    with open(tmp_path / "figures" / "toy" / "table1.csv") as fh:
+        table = [(r["column"], r["width"], r["budget_violating"]) for r in csv.DictReader(fh)]
+    assert table == [("toy", "0.25", "True")]  # 8-4-2-1: x1/4 is wider than the 1/8 budget
 
     # the workflow files used are the repo's, unchanged, and the repo did not get the toy
     for name in ("Snakefile", "workflow/rules/train.smk", "workflow/rules/common.smk"):

@@ -102,8 +102,8 @@ def test_missing_data_fails_before_any_training(tmp_path):
          r"at datasets.digits-mini.splits.tiny.percent: 1.5 is greater than the maximum of 1"),
         # algorithms come from the registry (baselines/ is discovered), not from a fixed list
         (lambda c: c["methods"]["heterofl"].update(algorithm="heterofll"),
-         r"at methods.heterofl.algorithm: 'heterofll' is not registered; allowed: fedavg, "
-         r"heterofl, sheterofl, splitmix"),
+         r"at methods.heterofl.algorithm: 'heterofll' is not registered; allowed: "
+         r"(\w+, )*fedavg, (\w+, )*heterofl, (\w+, )*splitmix"),
         (lambda c: c["methods"]["fedavg_x1"].update(params={"widht": 1.0}),
          r"at methods.fedavg_x1.params: unknown parameter\(s\) widht for fedavg; allowed: width"),
     ],
@@ -128,7 +128,7 @@ def test_configfile_replaces_the_default_grid(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-2000:]
     methods = {j["method"] for j in jobs_by_rule(proc.stdout)["train"]}
-    assert methods == set(TABLE1)
+    assert methods == {*TABLE1, "depthfl"}
     assert "cifar10-mini" not in proc.stdout
 
 
@@ -174,9 +174,9 @@ def test_quick_default_grid_and_attack_only_where_trained_adversarially(tmp_path
     }
     assert {m for _, m, s in trains if m not in two_seeds and s == "1"} == {
         "fedavg_x0.25", "fedavg_x0.5", "fedavg_x1", "splitmix_budget8-1-1-1",
-        "splitmix_budget-ln", "splitmix_part3",
+        "splitmix_budget-ln", "splitmix_part3", "depthfl",
     }  # fmt: skip
-    assert len(trains) == 6 * 2 + 6
+    assert len(trains) == 6 * 2 + 7
     assert set(TABLE1) <= {m for _, m, _ in trains}
     attacked = set(
         re.findall(r"evaluate --run results/\S+/(\S+)/seed\d+ --out \S+ --attack", proc.stdout)

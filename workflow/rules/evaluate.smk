@@ -5,12 +5,12 @@
 rule evaluate:
     input:
         data=lambda wc: data_manifests(run_cfg(wc)),
-        best=f"{RUN_DIR}/best.pt",
-        log=f"{RUN_DIR}/log.csv",
-        comm=f"{RUN_DIR}/comm.csv",
-        record=f"{RUN_DIR}/run.json",
+        best=f"{RUN_DIR}/{BEST}",
+        log=f"{RUN_DIR}/{LOG}",
+        comm=f"{RUN_DIR}/{COMM}",
+        record=f"{RUN_DIR}/{RUN_RECORD}",
     output:
-        rows=f"{RUN_DIR}/eval.csv",
+        rows=f"{RUN_DIR}/{EVAL}",
     params:
         run=lambda wc, input: os.path.dirname(input.record),
         attack=attack_flag,

@@ -17,8 +17,8 @@ if CLAIMS_NAME and CLAIMS is None:
 
 rule report:
     input:
-        rows=expand("{run}/eval.csv", run=run_dirs()),
-        records=expand("{run}/run.json", run=run_dirs()),
+        rows=expand(f"{{run}}/{EVAL}", run=run_dirs()),
+        records=expand(f"{{run}}/{RUN_RECORD}", run=run_dirs()),
         claims=CLAIMS or [],
     output:
         # every figure and every Markdown table (Table 1, claims) with its own caption: the

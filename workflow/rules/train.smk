@@ -16,10 +16,10 @@ rule train:
     input:
         data=lambda wc: data_manifests(run_cfg(wc)),
     output:
-        best=f"{RUN_DIR}/best.pt",
-        log=f"{RUN_DIR}/log.csv",
-        comm=f"{RUN_DIR}/comm.csv",
-        record=f"{RUN_DIR}/run.json",
+        best=f"{RUN_DIR}/{BEST}",
+        log=f"{RUN_DIR}/{LOG}",
+        comm=f"{RUN_DIR}/{COMM}",
+        record=f"{RUN_DIR}/{RUN_RECORD}",
     params:
         experiment=lambda wc: run_config_path(run_cfg(wc)),
         config_hash=lambda wc: run_cfg(wc).config_hash(),
@@ -40,4 +40,4 @@ rule train:
         "python -m splitmix train --config {params.experiment} --dataset {wildcards.dataset} "
         "--split {wildcards.split} --method {wildcards.method} --seed {wildcards.seed} "
         "--out {params.out} --expect-hash {params.config_hash} > {log} 2>&1 "
-        "&& rm -f {params.out}/checkpoint.pt {params.out}/checkpoint-best.pt"
+        "&& rm -f " + " ".join(f"{{params.out}}/{name}" for name in RESUME_STATE)

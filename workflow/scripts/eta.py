@@ -17,6 +17,7 @@ import math
 import statistics
 from pathlib import Path
 
+from splitmix.runfolder import RUN_RECORD
 from splitmix.timefmt import format_duration
 
 
@@ -28,7 +29,7 @@ def dataset_of(run_dir: str) -> str:
 def wall_time(run_dir: str) -> float | None:
     """Seconds a finished run trained, or None while it is unfinished (or its record unreadable)."""
     try:
-        return float(json.loads((Path(run_dir) / "run.json").read_text())["wall_time_s"])
+        return float(json.loads((Path(run_dir) / RUN_RECORD).read_text())["wall_time_s"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
