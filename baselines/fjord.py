@@ -50,9 +50,13 @@ def draw_width(widths: tuple[float, ...]) -> float:
 
     The engine seeds that generator per (round, client) before ``download``, so the sequence of
     draws of a client-round is a function of the seed alone and a resumed run redraws it exactly.
+    A single width is returned without a draw: such a step touches no RNG, so it may be batched
+    (``FjORD.batchable``).
     """
     if not widths:
         raise ValueError("no width to draw from")
+    if len(widths) == 1:
+        return widths[0]
     return widths[int(torch.randint(len(widths), (1,)).item())]
 
 
@@ -101,6 +105,20 @@ class FjORD(HeteroFL):
 
     name = "fjord"
     params: ClassVar[dict[str, Any]] = {"kd": True, "kd_alpha": 1.0, "kd_temperature": 1.0}
+    # checked with every config before any job starts (types follow ``params``)
+    param_rules: ClassVar[dict[str, dict[str, Any]]] = {
+        "kd_alpha": {
+            "description": "weight of the KD term in the student's loss, in [0, 1]",
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+        },
+        "kd_temperature": {
+            "description": "distillation temperature, > 0",
+            "type": "number",
+            "exclusiveMinimum": 0,
+        },
+    }
     train_all_widths = True  # a task lists every width <= the budget: the ones it may draw
 
     def __init__(self, cfg: RunConfig, info: FederationInfo) -> None:
@@ -152,7 +170,8 @@ class FjORD(HeteroFL):
         equal the server's sub-network (guards an architecture that reads a tensor's own shape)."""
         server, cut = copy.deepcopy(self.server), copy.deepcopy(model)
         g = torch.Generator().manual_seed(0)
-        x = torch.rand((4, *self.info.input_shape), generator=g).to(self.device)
+        dtype = next(server.parameters()).dtype  # float64 in the tests that need exact maths
+        x = torch.rand((4, *self.info.input_shape), generator=g).to(self.device, dtype)
         with torch.no_grad():
             for w in widths:
                 server.set_width(w)
@@ -198,6 +217,15 @@ class FjORD(HeteroFL):
                 loss = loss + self.kd_alpha * kd
         loss.backward()
         return float(loss.detach())
+
+    def batchable(self, task: Task) -> bool:
+        """HeteroFL's rule (one width, on its dense stand-in), where the step is then plain CE:
+        the only width is both teacher and student, so with ``kd_alpha = 1`` (or ``kd: false``)
+        the loss is ``CE(model(x), y)`` and nothing is drawn; ``kd_alpha < 1`` adds a second
+        ``(1 - kd_alpha) * CE`` term."""
+        if self.kd and self.kd_alpha < 1.0:
+            return False
+        return super().batchable(task)
 
     def describe(self) -> dict[str, Any]:
         return {

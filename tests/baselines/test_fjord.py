@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from fl.test_batched import digits_config, max_diff, train_one_round
 from fl.toy import toy_config, toy_federation
 
 import baselines.fjord as fjord_module
@@ -82,6 +83,13 @@ def test_draw_width_follows_the_global_seed() -> None:
     first = [draw_width(LADDER) for _ in range(50)]
     torch.manual_seed(3)
     assert [draw_width(LADDER) for _ in range(50)] == first
+
+
+def test_a_single_width_is_returned_without_a_draw() -> None:
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    assert draw_width((0.125,)) == 0.125
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_plan_allows_every_width_up_to_the_budget() -> None:
@@ -192,6 +200,63 @@ def test_student_at_the_budget_is_plain_cross_entropy(monkeypatch) -> None:
     model.set_width(0.5)
     with torch.no_grad():
         assert loss == pytest.approx(F.cross_entropy(model(x), y).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize(("params", "expected"), [({}, True), ({"kd": False}, True),
+                                                  ({"kd_alpha": 0.5}, False)])  # fmt: skip
+def test_only_a_plain_cross_entropy_step_is_batchable(params, expected) -> None:
+    """A budget-1/8 client's step is ``CE(model(x), y)`` on the dense stand-in, drawing nothing
+    (what client batching replays); with kd_alpha < 1 it is (2 - alpha) CE. Several widths: never.
+    """
+    alg = make(**params)
+    task = task_of(alg, 0)  # budget 1/8: one allowed width
+    assert alg.batchable(task) is expected
+    assert not alg.batchable(task_of(alg, 1))
+    x, y = batch()
+    model = alg.download(task)
+    state = torch.get_rng_state()
+    loss = alg.train_step(model, task, x, y, F.cross_entropy)
+    assert torch.equal(torch.get_rng_state(), state)
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    plain = F.cross_entropy(model(x), y)
+    plain.backward()
+    same = loss == plain.item() and all(
+        torch.equal(g, p.grad) for g, p in zip(got, model.parameters(), strict=True)
+    )
+    assert same is expected
+
+
+@pytest.mark.slow
+def test_client_batching_batches_the_single_width_clients_only(tmp_path) -> None:
+    """Budgets 1/8, 1/8, 1/4, 1/2: the two budget-1/8 clients train as one vmapped group, the
+    others (several widths, a drawn one per step) sequentially; in float64 every upload equals
+    the sequential run's (tests/fl/test_batched.py explains why not float32)."""
+    budgets, sizes = (0.125, 0.125, 0.25, 0.5), (40, 24, 58, 21)
+    runs = {}
+    for batching in (False, True):
+        cfg = digits_config(batching, algorithm="fjord", method="fjord", method_params={})
+        out = tmp_path / str(batching)
+        runs[batching] = train_one_round(cfg, out, double=True, sizes=sizes, budgets=budgets)
+    (seq, _, _), (bat, _, sequential) = runs[False], runs[True]
+    assert sequential == [2, 3]
+    diffs = max_diff(seq, bat)
+    assert max(diffs.values()) < 1e-9, diffs
+    assert diffs[2] == diffs[3] == 0.0  # the same sequential loop, bit for bit
+
+
+def test_config_validation_refuses_bad_parameter_values_before_any_job() -> None:
+    from splitmix.config import validate_run
+
+    # a real dataset name: validation refuses the toy's (a test-only name)
+    cfg = toy_config(algorithm="fjord", method="fjord", arch="digit", dataset="digits-mini")
+    for bad, rule in (
+        ({"kd_alpha": 1.5}, r"params.kd_alpha: 1.5 is greater than the maximum of 1"),
+        ({"kd_temperature": 0}, r"params.kd_temperature: 0 is less than or equal to the minimum"),
+        ({"kd": 1}, r"params.kd: 1 is not of type 'boolean'"),
+    ):
+        with pytest.raises(ConfigError, match=rule):
+            validate_run(dataclasses.replace(cfg, method_params=bad), check_device=False)
 
 
 # ---- the budget-sized model ---------------------------------------------------------------------
