@@ -17,8 +17,9 @@ from .synthetic import WIDTHS, Spec, record_for, rows_for
 pytestmark = pytest.mark.slow
 
 METHODS = {f"fedavg_x{w:g}": ("fedavg", (w,)) for w in WIDTHS} | {
-    m: (m, WIDTHS) for m in ("heterofl", "sheterofl", "splitmix", "depthfl")
+    m: (m, WIDTHS) for m in ("heterofl", "sheterofl", "splitmix", "depthfl", "fedrolex")
 }
+N = len(METHODS)  # every run of config/test.yaml
 
 
 def _fill(workdir, curve: str) -> None:
@@ -43,13 +44,13 @@ def test_snakemake_prints_the_claims_summary_of_the_report_it_built(tmp_path):
     assert "train digits-mini/" not in proc.stdout  # the job messages of training ...
     assert "evaluate digits-mini/" not in proc.stdout  # ... and evaluation: none ran
     lines = proc.stdout.splitlines()
-    done = lines.index("done: 8 runs in results/, report in figures/test/")
+    done = lines.index(f"done: {N} runs in results/, report in figures/test/")
     assert lines[done + 1 : done + 3] == [
         "claims: 0 held, 0 not held, 5 not testable -> figures/test/claims.md",
-        "under-trained: 8 of 8 runs flagged -> figures/test/table1.md",
+        f"under-trained: {N} of {N} runs flagged -> figures/test/table1.md",
     ]
     md = (tmp_path / "figures" / "test" / "claims.md").read_text()
-    assert "## Under-trained runs: 8 of 8" in md
+    assert f"## Under-trained runs: {N} of {N}" in md
     assert "under-trained runs: sheterofl seed 1, splitmix seed 1 (reasons under" in md
     assert "- sheterofl seed 1: validation accuracy still rising at ×1: +" in md
     table = (tmp_path / "figures" / "test" / "table1.md").read_text()
@@ -62,7 +63,7 @@ def test_workflow_without_claims_writes_none(tmp_path):
     proc = snakemake(tmp_path, "--cores", "1", "--configfile", str(config))
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert not (tmp_path / "figures" / "test" / "claims.md").exists()
-    assert "under-trained: 0 of 8 runs flagged -> figures/test/table1.md" in proc.stdout
+    assert f"under-trained: 0 of {N} runs flagged -> figures/test/table1.md" in proc.stdout
     assert "claims:" not in proc.stdout
 
 
