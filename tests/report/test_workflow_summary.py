@@ -10,15 +10,25 @@ import json
 
 import pytest
 
-from tests.workflow import TEST_CONFIG, snakemake, tiny_config, write_config
+from tests.workflow import TEST_CONFIG, load_yaml, snakemake, tiny_config, write_config
 
 from .synthetic import WIDTHS, Spec, record_for, rows_for
 
 pytestmark = pytest.mark.slow
 
-METHODS = {f"fedavg_x{w:g}": ("fedavg", (w,)) for w in WIDTHS} | {
-    m: (m, WIDTHS) for m in ("heterofl", "sheterofl", "splitmix", "depthfl", "fedrolex")
-}
+
+def _methods() -> dict[str, tuple[str, tuple[float, ...]]]:
+    """config/test.yaml's methods: name -> (algorithm, widths evaluated), so that a baseline
+    added to the test grid gets its synthetic run too."""
+    out = {}
+    for name, entry in load_yaml(TEST_CONFIG)["methods"].items():
+        algorithm = entry["algorithm"]
+        fedavg = algorithm == "fedavg"
+        out[name] = (algorithm, (float(entry["params"]["width"]),) if fedavg else WIDTHS)
+    return out
+
+
+METHODS = _methods()
 N = len(METHODS)  # every run of config/test.yaml
 
 

@@ -175,9 +175,9 @@ def test_quick_default_grid_and_attack_only_where_trained_adversarially(tmp_path
     }
     assert {m for _, m, s in trains if m not in two_seeds and s == "1"} == {
         "fedavg_x0.25", "fedavg_x0.5", "fedavg_x1", "splitmix_budget8-1-1-1",
-        "splitmix_budget-ln", "splitmix_part3", "depthfl", "fedrolex",
+        "splitmix_budget-ln", "splitmix_part3", "depthfl", "fedrolex", "fjord",
     }  # fmt: skip
-    assert len(trains) == 6 * 2 + 8
+    assert len(trains) == 6 * 2 + 9
     assert set(TABLE1) <= {m for _, m, _ in trains}
     attacked = set(
         re.findall(r"evaluate --run results/\S+/(\S+)/seed\d+ --out \S+ --attack", proc.stdout)
