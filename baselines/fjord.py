@@ -29,7 +29,6 @@ with a single allowed width trains HeteroFL's verified dense stand-in.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, ClassVar
 
 import torch
@@ -40,7 +39,6 @@ from baselines.heterofl import HeteroFL
 from splitmix.config import RunConfig
 from splitmix.errors import ConfigError
 from splitmix.fl.algorithm import FederationInfo, LossFn, Task, register
-from splitmix.models import prefix_blocks
 
 _TOL = 1e-9
 
@@ -76,29 +74,6 @@ def distillation_loss(
     return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True) * (t * t)
 
 
-def shrink_to_prefix(model: nn.Module, width: float) -> nn.Module:
-    """In place: cut every tensor of slimmable ``model`` that the width-``width`` network slices
-    to that prefix block, and return ``model``.
-
-    The layers keep their full-width channel counts (``ceil(p*C)`` of the FULL ``C``) and only
-    read ``weight[:ceil(p*C), ...]``, so every width ``p <= width`` still computes the global
-    model's width-p function; wider widths no longer fit. Tensors of other widths' private BN
-    (tracked BN) are not in the block map and stay as they are, unused.
-    """
-    for key, block in prefix_blocks(model, width).items():
-        owner_name, _, attr = key.rpartition(".")
-        owner = model.get_submodule(owner_name)
-        tensor = getattr(owner, attr)
-        part = tensor.detach()[block]
-        if part.shape == tensor.shape:
-            continue
-        if isinstance(tensor, nn.Parameter):
-            setattr(owner, attr, nn.Parameter(part.clone(), requires_grad=tensor.requires_grad))
-        else:
-            owner.register_buffer(attr, part.clone())
-    return model
-
-
 @register
 class FjORD(HeteroFL):
     """FjORD: per-batch ordered dropout up to the budget width, self-distilled from it."""
@@ -128,7 +103,6 @@ class FjORD(HeteroFL):
             raise ConfigError(
                 f"method {cfg.method!r} (fjord) has no adversarial training; set adv.lam to 0"
             )
-        self._budget_models: dict[float, nn.Module | None] = {}
 
     def _check_params(self) -> tuple[bool, float, float]:
         kd, alpha, temp = self.p["kd"], self.p["kd_alpha"], self.p["kd_temperature"]
@@ -140,52 +114,6 @@ class FjORD(HeteroFL):
         if isinstance(temp, bool) or not isinstance(temp, int | float) or not temp > 0:
             raise ConfigError(f"{where}: kd_temperature={temp!r} must be a number > 0")
         return kd, float(alpha), float(temp)
-
-    # ---- the model a client trains --------------------------------------------------------------
-    def _set_server(self, model: nn.Module) -> None:
-        super()._set_server(model)
-        self._budget_models = {}  # derived from the server's architecture
-
-    def running_model(self, task: Task) -> nn.Module:
-        if len(task.widths) > 1:
-            model = self.budget_model(max(task.widths))
-            if model is not None:
-                return model
-        # one width: HeteroFL's dense stand-in; full budget: the persistent full copy
-        return super().running_model(task)
-
-    def budget_model(self, budget: float) -> nn.Module | None:
-        """The persistent slimmable model cut to the width-``budget`` prefix, or None where the
-        full model is needed (the widest budget) or the cut model fails its one-off check."""
-        if budget >= self.widths[-1] - _TOL:
-            return None
-        if budget not in self._budget_models:
-            model = shrink_to_prefix(copy.deepcopy(self.server), budget)
-            allowed = tuple(w for w in self.widths if w <= budget + _TOL)
-            self._budget_models[budget] = model if self._same_as_server(model, allowed) else None
-        return self._budget_models[budget]
-
-    def _same_as_server(self, model: nn.Module, widths: tuple[float, ...]) -> bool:
-        """One-off check on copies: at every width, train- and eval-mode outputs of ``model``
-        equal the server's sub-network (guards an architecture that reads a tensor's own shape)."""
-        server, cut = copy.deepcopy(self.server), copy.deepcopy(model)
-        g = torch.Generator().manual_seed(0)
-        dtype = next(server.parameters()).dtype  # float64 in the tests that need exact maths
-        x = torch.rand((4, *self.info.input_shape), generator=g).to(self.device, dtype)
-        with torch.no_grad():
-            for w in widths:
-                server.set_width(w)
-                cut.set_width(w)
-                for train in (True, False):
-                    server.train(train)
-                    cut.train(train)
-                    try:
-                        same = torch.allclose(server(x), cut(x), rtol=1e-4, atol=1e-5)
-                    except RuntimeError:  # a shape mismatch inside the cut model
-                        same = False
-                    if not same:
-                        return False
-        return True
 
     # ---- local training ---------------------------------------------------------------------
     def train_step(

@@ -307,3 +307,23 @@ def test_state_dict_round_trip_resumes_identically(
     for c in sa["local"]:
         for key, t in sa["local"][c].items():
             assert torch.equal(t, sb["local"][c][key]), (c, key)
+
+
+@pytest.mark.parametrize("bn", ["batch", "tracked"])
+def test_sheterofl_budget_model_trains_as_the_full_slimmable_model(bn, monkeypatch):
+    """A multi-width client below the widest budget trains the slimmable model cut to its budget
+    prefix (faster); its update equals the one trained through the full model."""
+    task = Task(client=1, widths=(0.125, 0.25))  # budget 1/4 on 8-4-2-1 with 4 clients
+    fast = make("sheterofl", bn=bn)
+    assert fast.budget_model(0.25) is not None
+    got = train_client(fast, task, steps=3)
+    full = make("sheterofl", bn=bn)
+    monkeypatch.setattr(type(full), "budget_model", lambda self, budget: None)
+    want = train_client(full, task, steps=3)
+    assert set(got.tensors) == set(want.tensors)
+    for key, value in got.tensors.items():
+        assert value.shape == want.tensors[key].shape, key
+        torch.testing.assert_close(value, want.tensors[key], rtol=1e-5, atol=1e-5, msg=key)
+    moved = max(float((got.tensors[k] - full._server_state[k][b]).abs().max())
+                for k, b in got.blocks.items())  # fmt: skip
+    assert moved > 1e-3  # the client trained: the comparison is not of untouched tensors
