@@ -20,8 +20,12 @@ from splitmix.fl.engine import batches, local_steps, make_generator
 from splitmix.methods import get_algorithm
 
 
-def synthetic_digits(clients: int, n_train: int, n_val: int, seed: int = 0) -> Federation:
-    """Digits-sized clients (3x28x28 uint8, 10 classes) with a class-dependent pattern."""
+def synthetic_digits(
+    clients: int, n_train: int, n_val: int, seed: int = 0, extra: int = 1, cycle: int = 3
+) -> Federation:
+    """Digits-sized clients (3x28x28 uint8, 10 classes) with a class-dependent pattern; client k
+    has ``n_train + extra * (k % cycle)`` training images, so sizes (and step counts) differ, as
+    in real splits."""
     g = torch.Generator().manual_seed(seed)
     protos = torch.randint(0, 256, (10, 3, 28, 28), generator=g).float()
 
@@ -32,7 +36,7 @@ def synthetic_digits(clients: int, n_train: int, n_val: int, seed: int = 0) -> F
 
     out = []
     for k in range(clients):
-        (tx, ty), (vx, vy) = draw(n_train + k % 3), draw(n_val)  # unequal sizes, like real splits
+        (tx, ty), (vx, vy) = draw(n_train + extra * (k % cycle)), draw(n_val)
         out.append(Client(k, f"synth-{k}", "synth", tx, ty, vx, vy, vx, vy, 1.0, 0.0))
     total = sum(len(c.train_y) for c in out)
     for c in out:

@@ -27,31 +27,11 @@ import time
 from pathlib import Path
 
 import torch
+from _common import synthetic_digits
 
 from splitmix.config import RunConfig, run_config_from_dict
-from splitmix.data.clients import Client, Federation
+from splitmix.data.clients import Federation
 from splitmix.fl.engine import TrainingRun, make_generator
-
-
-def synthetic_digits(clients: int, n_train: int, seed: int = 0) -> Federation:
-    """Digits-sized clients (3x28x28 uint8, 10 classes); client k has ``n_train + 7 * (k % 4)``
-    training images, so sizes and step counts differ."""
-    g = torch.Generator().manual_seed(seed)
-    protos = torch.randint(0, 256, (10, 3, 28, 28), generator=g).float()
-
-    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        y = torch.randint(0, 10, (n,), generator=g)
-        x = 0.5 * protos[y] + 60 * torch.rand(n, 3, 28, 28, generator=g)
-        return x.clamp(0, 255).to(torch.uint8), y
-
-    out = []
-    for k in range(clients):
-        (tx, ty), (vx, vy) = draw(n_train + 7 * (k % 4)), draw(32)
-        out.append(Client(k, f"synth-{k}", "synth", tx, ty, vx, vy, vx, vy, 1.0, 0.0))
-    total = sum(len(c.train_y) for c in out)
-    for c in out:
-        c.weight = len(c.train_y) / total
-    return Federation("digits", "bench", ("synth",), 10, (3, 28, 28), out)
 
 
 def bench_config(width: float, batching: bool, args: argparse.Namespace, device: str) -> RunConfig:
@@ -98,7 +78,7 @@ def timed_round(run: TrainingRun, r: int, device: torch.device) -> tuple[float, 
 
 def compare(width: float, clients: int, device: str, args: argparse.Namespace) -> str:
     dev = torch.device(device)
-    fed = synthetic_digits(clients, args.n_train)
+    fed = synthetic_digits(clients, args.n_train, 32, extra=7, cycle=4)
     with tempfile.TemporaryDirectory() as tmp:
         runs = {}
         for batching in (False, True):
