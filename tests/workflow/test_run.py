@@ -67,6 +67,14 @@ def pipeline(tmp_path_factory):
         time.sleep(0.2)
     assert first.poll() is None, "snakemake finished before it could be interrupted"
     first.send_signal(signal.SIGINT)  # as Ctrl-C
+    # a SIGINT that lands while Snakemake is between its own handlers can go unnoticed (seen
+    # twice in 4 runs of this module): press Ctrl-C again, as a user would, until it says so
+    for _ in range(10):
+        if first.poll() is not None or any("Terminating" in line for line in list(lines)):
+            break
+        time.sleep(0.5)
+        if not any("Terminating" in line for line in list(lines)):
+            first.send_signal(signal.SIGINT)
     first.wait(timeout=120)
     reader.join(timeout=30)
     first_out = "".join(lines)
@@ -79,7 +87,8 @@ def pipeline(tmp_path_factory):
 
 
 def test_interrupt_then_rerun_keeps_finished_jobs_and_redoes_the_rest(pipeline):
-    assert pipeline["first"].returncode != 0  # it was interrupted, not finished
+    first_out = pipeline["first_out"][-3000:]
+    assert pipeline["first"].returncode != 0, first_out  # it was interrupted, not finished
     assert pipeline["done"], pipeline["first_out"][-3000:]
     second = pipeline["second"]
     assert second.returncode == 0, second.stdout[-4000:]
