@@ -64,7 +64,7 @@ Columns, seconds per round averaged over rounds 2.. (the first round warms up an
 Data: prepare the three domains once (offline, from the mirror; ``--prepare`` does it for you):
 
     for d in mnist usps mnistm; do python -m splitmix data prepare digits --domain $d \\
-        --source raw --mirror ../shared/data --offline --root /tmp/digits; done
+        --source raw --mirror /path/to/mirror --offline --root /tmp/digits; done
     PYTHONPATH=. .venv/bin/python benchmarks/bench_reference.py --root /tmp/digits
     PYTHONPATH=. .venv/bin/python benchmarks/bench_reference.py --root /tmp/digits \\
         --only fedavg-x1 sheterofl --rounds 4
