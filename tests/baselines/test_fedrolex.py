@@ -10,19 +10,18 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from fl.test_baselines import make
 from fl.toy import toy_config, toy_federation
 from torch import nn
 
 from baselines.fedrolex import rolling_window, window_blocks
 from splitmix.config import RunConfig
-from splitmix.data.budgets import assign_budgets
 from splitmix.errors import ConfigError
 from splitmix.fl.aggregate import MaskedAverage
-from splitmix.fl.algorithm import Algorithm, FederationInfo, Task, Update
+from splitmix.fl.algorithm import Algorithm, Task, Update
 from splitmix.fl.blocks import read
 from splitmix.fl.checkpoint import load_checkpoint
 from splitmix.fl.engine import run_training
-from splitmix.methods import get_algorithm
 from splitmix.models.layers import SlimmableConv2d, SlimmableLinear
 from splitmix.models.norm import SlimmableBatchNorm
 
@@ -72,29 +71,6 @@ def test_each_entry_is_averaged_over_the_clients_whose_window_covered_it(
 
 
 # ---- the method ------------------------------------------------------------------------------
-def make(algorithm: str, *, k: int = 4, bn: str = "batch", seed: int = 1, **params) -> Algorithm:
-    info = FederationInfo(
-        num_clients=k,
-        budgets=assign_budgets("8-4-2-1", k),
-        weights=np.full(k, 1.0 / k),
-        num_classes=10,
-        input_shape=SHAPE,
-        arch="digit",
-    )
-    cfg = RunConfig(
-        dataset="digits",
-        split="s",
-        method=algorithm,
-        algorithm=algorithm,
-        bn=bn,
-        budgets="8-4-2-1",
-        method_params=dict(params),
-    )
-    alg = get_algorithm(algorithm)(cfg, info)
-    alg.init_global(torch.Generator().manual_seed(seed))
-    return alg
-
-
 def run_round(alg: Algorithm, r: int, clients: list[int]) -> list[Task]:
     """What the engine does for one round: plan, then per client download, 2 SGD steps, upload."""
     tasks = alg.plan(r, clients, np.random.default_rng(r))

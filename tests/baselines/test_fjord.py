@@ -11,18 +11,17 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from fl.test_baselines import make as make_algorithm
 from fl.test_batched import digits_config, max_diff, train_one_round
 from fl.toy import toy_config, toy_federation
 
 import baselines.fjord as fjord_module
 from baselines.fjord import FjORD, distillation_loss, draw_width
 from splitmix.config import RunConfig
-from splitmix.data.budgets import assign_budgets
 from splitmix.errors import ConfigError
 from splitmix.fl.algorithm import FederationInfo, Task
 from splitmix.fl.checkpoint import load_checkpoint
 from splitmix.fl.engine import run_training
-from splitmix.methods import get_algorithm
 from splitmix.models import count_params, prefix_blocks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,25 +31,7 @@ LADDER = (0.125, 0.25, 0.5, 1.0)
 
 
 def make(*, budgets: str = "8-4-2-1", k: int = 4, bn: str = "batch", **params) -> FjORD:
-    info = FederationInfo(
-        num_clients=k,
-        budgets=assign_budgets(budgets, k),
-        weights=np.full(k, 1.0 / k),
-        num_classes=10,
-        input_shape=SHAPE,
-        arch="digit",
-    )
-    cfg = RunConfig(
-        dataset="digits",
-        split="s",
-        method="fjord",
-        algorithm="fjord",
-        bn=bn,
-        budgets=budgets,
-        method_params=dict(params),
-    )
-    alg = get_algorithm("fjord")(cfg, info)
-    alg.init_global(torch.Generator().manual_seed(1))
+    alg = make_algorithm("fjord", budgets=budgets, k=k, bn=bn, **params)
     assert isinstance(alg, FjORD)
     return alg
 
