@@ -155,6 +155,7 @@ MAIN_HASHES = {
     "splitmix": "ed94afda04f68942",
     "depthfl": "d33b35da8b8144e4",
     "fedrolex": "d7fbe4c54027aca6",
+    "feddropout": "cecbe7edc613b59a",
     "fjord": "ee131653323ddd52",
 }
 
