@@ -16,7 +16,6 @@ import re
 from fractions import Fraction
 
 import numpy as np
-from scipy.stats import lognorm
 
 from splitmix.errors import ConfigError
 from splitmix.seeding import rng
@@ -79,6 +78,9 @@ def max_width(spec: str) -> float:
 def _lognormal_boundaries(s: float, scale: float, num_clients: int) -> np.ndarray:
     """q_1..q_9 of docs/paper.md#budgets: clients [q_i, q_{i+1}) get w_i; mass
     P(w_i < X <= w_{i+1})."""
+    # imported here: scipy.stats costs every job half a second of start-up otherwise
+    from scipy.stats import lognorm
+
     cdf = lognorm(s, scale=scale).cdf(np.array(LOGNORMAL_WIDTHS))
     q = [int(num_clients * (f - cdf[0]) / (1.0 - cdf[0])) for f in cdf]
     return np.array([*q, num_clients], dtype=np.int64)

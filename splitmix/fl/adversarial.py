@@ -19,7 +19,6 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 import torch
-import torchattacks
 from torch import nn
 
 from splitmix.config import AdvConfig
@@ -55,6 +54,10 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, adv: AdvConfig) -> t
     """
     if adv.steps < 1 or adv.eps < 0:
         raise ValueError(f"PGD needs steps >= 1 and eps >= 0, got steps={adv.steps} eps={adv.eps}")
+    # imported here: torchattacks (and the scipy it pulls in) costs every job that imports a
+    # method 0.7 s of start-up, and only adversarial runs and robust evaluation attack
+    import torchattacks
+
     with eval_no_param_grad(model):
         attack = torchattacks.PGD(
             model, eps=adv.eps, alpha=adv.step_size, steps=adv.steps, random_start=True
