@@ -5,6 +5,7 @@ cluster job), so a bad config fails before any job starts, with the key and the 
 """
 
 import copy
+import fnmatch
 import importlib.util
 import json
 import os
@@ -299,6 +300,17 @@ def mem_mb(wildcards):
 
 def runtime(wildcards):
     return WF["resources"].get(wildcards.dataset, {}).get("runtime", 60)
+
+
+def train_priority(wildcards):
+    """Snakemake priority of a train job: workflow.start_first's first match ranks highest, every
+    other run 0. Snakemake otherwise picks among ready jobs in no useful order, and a long run
+    picked last runs alone while the other cores idle."""
+    first = WF["start_first"]
+    for i, pattern in enumerate(first):
+        if fnmatch.fnmatchcase(wildcards.method, pattern):
+            return len(first) - i
+    return 0
 
 
 def attack_flag(wildcards):

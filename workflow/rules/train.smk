@@ -25,6 +25,7 @@ rule train:
         config_hash=lambda wc: run_cfg(wc).config_hash(),
         out=lambda wc, output: os.path.dirname(output.record),
     threads: lambda wc: run_cfg(wc).threads
+    priority: train_priority
     resources:
         mem_mb=mem_mb,
         runtime=runtime,
