@@ -140,15 +140,26 @@ def _labels(counts: Sequence[int]) -> np.ndarray:
     return np.repeat(np.arange(len(counts), dtype=np.int64), np.asarray(counts, dtype=np.int64))
 
 
-def synthetic_federation(cfg: RunConfig) -> tuple[Any, dict[str, str]]:
-    """The federation ``cfg``'s split would build, with random pixels; and each domain's size
-    source. Clients, their order, budgets, weights, labels and sample counts are the real ones:
-    the split runs on label arrays with the real class counts."""
-    import torch
+@dataclass
+class SplitPlan:
+    """What the real split gives, without pixels: every client's shard, budget and weight."""
 
+    spec: Any
+    size: int
+    domains: list[str]
+    sources: dict[str, str]
+    shards: list[Any]
+    budgets: list[float]
+    weights: list[float]
+    train_y: dict[str, np.ndarray]
+    test_y: dict[str, np.ndarray]
+
+
+def plan_split(cfg: RunConfig) -> SplitPlan:
+    """Clients, their order, budgets, weights, labels and sample counts as the real split gives
+    them: the split runs on label arrays with the real class counts."""
     from splitmix.data.budgets import assign_budgets
     from splitmix.data.catalog import get_dataset
-    from splitmix.data.clients import Client, Federation
     from splitmix.data.federation import _domains
     from splitmix.data.partition import client_weights, split_federation
 
@@ -162,40 +173,79 @@ def synthetic_federation(cfg: RunConfig) -> tuple[Any, dict[str, str]]:
         train_y, test_y, cfg.split_config, cfg.seed, num_classes=spec.num_classes
     )
     budgets = assign_budgets(cfg.budgets, len(shards), mode=cfg.budget_assignment, seed=cfg.seed)
-    weights = client_weights(shards)
+    return SplitPlan(
+        spec=spec,
+        size=size,
+        domains=list(domains),
+        sources={d: c.source for d, c in counts.items()},
+        shards=list(shards),
+        budgets=[float(b) for b in budgets],
+        weights=[float(w) for w in client_weights(shards)],
+        train_y=train_y,
+        test_y=test_y,
+    )
+
+
+def build_federation(
+    cfg: RunConfig,
+    plan: SplitPlan,
+    keep: Sequence[int] | None = None,
+    max_train: int | None = None,
+    max_val: int | None = None,
+) -> Any:
+    """The federation of ``plan`` with random pixels: every client, or only those in ``keep``
+    with at most ``max_train`` / ``max_val`` of their images (a sampled timing)."""
+    import torch
+
+    from splitmix.data.clients import Client, Federation
+
     gen = torch.Generator().manual_seed(cfg.seed)
+    size = plan.size
 
     def images(n: int) -> torch.Tensor:
         return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen)
 
+    def first(idx: np.ndarray, cap: int | None) -> np.ndarray:
+        return idx if cap is None else idx[:cap]
+
+    picked = list(range(len(plan.shards))) if keep is None else list(keep)
+    shards = [plan.shards[i] for i in picked]
     # no timed step reads test data: one shared block keeps its memory out of the measurement
     test_pool = images(max(len(s.test) for s in shards))
-    clients = [
-        Client(
-            index=i,
-            name=s.name,
-            domain=s.domain,
-            train_x=images(len(s.train)),
-            train_y=torch.from_numpy(train_y[s.domain][s.train]),
-            val_x=images(len(s.val)),
-            val_y=torch.from_numpy(train_y[s.domain][s.val]),
-            test_x=test_pool[: len(s.test)],
-            test_y=torch.from_numpy(test_y[s.domain][s.test]),
-            budget=float(budgets[i]),
-            weight=float(weights[i]),
-            classes=s.classes,
+    clients = []
+    for new_index, (i, s) in enumerate(zip(picked, shards, strict=True)):
+        train, val = first(s.train, max_train), first(s.val, max_val)
+        clients.append(
+            Client(
+                index=new_index,
+                name=s.name,
+                domain=s.domain,
+                train_x=images(len(train)),
+                train_y=torch.from_numpy(plan.train_y[s.domain][train]),
+                val_x=images(len(val)),
+                val_y=torch.from_numpy(plan.train_y[s.domain][val]),
+                test_x=test_pool[: len(s.test)],
+                test_y=torch.from_numpy(plan.test_y[s.domain][s.test]),
+                budget=plan.budgets[i],
+                weight=plan.weights[i],
+                classes=s.classes,
+            )
         )
-        for i, s in enumerate(shards)
-    ]
-    fed = Federation(
+    return Federation(
         dataset=cfg.dataset,
         split=cfg.split,
-        domains=tuple(domains),
-        num_classes=spec.num_classes,
+        domains=tuple(plan.domains),
+        num_classes=plan.spec.num_classes,
         input_shape=(3, size, size),
         clients=clients,
     )
-    return fed, {d: c.source for d, c in counts.items()}
+
+
+def synthetic_federation(cfg: RunConfig) -> tuple[Any, dict[str, str]]:
+    """The federation ``cfg``'s split would build, with random pixels; and each domain's size
+    source (``plan_split``: every count is the real one)."""
+    plan = plan_split(cfg)
+    return build_federation(cfg, plan), plan.sources
 
 
 # ---- timing -----------------------------------------------------------------------------------
@@ -247,6 +297,92 @@ def time_run(cfg: RunConfig, fed: Any, rounds: int, warmup: int = WARMUP_ROUNDS)
         checkpoint = _clock(run.device) - t0
         del run
     return Timing(float(np.mean(train)), float(np.mean(val)), checkpoint)
+
+
+def representatives(plan: SplitPlan) -> dict[float, int]:
+    """The first client of each distinct budget: what one client's step costs depends on its
+    budget (the sub-model it trains), not on which client it is."""
+    reps: dict[float, int] = {}
+    for i, b in enumerate(plan.budgets):
+        reps.setdefault(b, i)
+    return reps
+
+
+def time_sampled(
+    cfg: RunConfig, plan: SplitPlan, steps: int, rounds: int, warmup: int = WARMUP_ROUNDS
+) -> Timing:
+    """Like ``time_run``, but on one client per budget holding at most ``steps`` batches of
+    training and of validation images, then scaled up to the real round: every client's
+    seconds = its budget representative's seconds x (its real steps / the steps timed), times
+    the share of clients a round samples; validation scales with the number of images. Minutes
+    instead of hours for grids whose whole rounds are long on this machine (CIFAR-10 or DomainNet
+    on a CPU); per-client download, upload and merge costs are scaled with the steps, so the
+    estimate errs long by those (small beside the steps)."""
+    import torch
+
+    from splitmix.fl import engine
+    from splitmix.fl.engine import local_steps
+
+    reps = representatives(plan)
+    fed = build_federation(
+        cfg, plan, list(reps.values()), steps * cfg.batch_size, steps * cfg.val_batch
+    )
+    timed_steps = {
+        b: local_steps(int(c.train_y.shape[0]), cfg.batch_size, 1)
+        for b, c in zip(reps, fed.clients, strict=True)
+    }
+    n = warmup + rounds
+    total = max(cfg.rounds, n + 1)
+    probe = dataclasses.replace(
+        cfg, rounds=total, eval_every=total + 1, local_epochs=1, participation=-1
+    )
+    torch.set_num_threads(cfg.threads)
+    train, val = [], []
+    with tempfile.TemporaryDirectory(prefix="splitmix-estimate-") as tmp:
+        run = engine.TrainingRun(probe, Path(tmp), fed, progress=False)
+        run.resume_or_start(restart=True)
+        for r in range(n):
+            t0 = _clock(run.device)
+            run.train_round(r)
+            t1 = _clock(run.device)
+            run.validate(r)
+            t2 = _clock(run.device)
+            if r < warmup:
+                continue
+            per_client = {
+                fed.clients[int(row["client"])].budget: float(row["seconds"])
+                for row in run.comm.rows
+                if int(row["round"]) == r
+            }
+            server = max(0.0, (t1 - t0) - sum(per_client.values()))
+            train.append(server + _scaled_clients(cfg, plan, per_client, timed_steps))
+            val.append(t2 - t1)
+        t0 = _clock(run.device)
+        run.save_checkpoint(n - 1, 0.0)
+        checkpoint = _clock(run.device) - t0
+        del run
+    timed_val = sum(int(c.val_y.numel()) for c in fed.clients)
+    real_val = sum(len(s.val) for s in plan.shards)
+    val_scale = real_val / timed_val if timed_val else 1.0
+    return Timing(float(np.mean(train)), float(np.mean(val)) * val_scale, checkpoint)
+
+
+def _scaled_clients(
+    cfg: RunConfig,
+    plan: SplitPlan,
+    seconds: dict[float, float],
+    timed_steps: dict[float, int],
+) -> float:
+    """Expected client seconds of one real round from the representatives' ``seconds``."""
+    from splitmix.fl.engine import local_steps
+
+    total = 0.0
+    for shard, budget in zip(plan.shards, plan.budgets, strict=True):
+        real = local_steps(len(shard.train), cfg.batch_size, cfg.local_epochs)
+        total += seconds[budget] * real / max(1, timed_steps[budget])
+    clients = len(plan.shards)
+    share = 1.0 if cfg.participation == -1 else cfg.participation / clients
+    return total * share
 
 
 # ---- extrapolation ----------------------------------------------------------------------------
@@ -352,9 +488,11 @@ def estimate(
     rounds: int,
     only: Sequence[str] = (),
     log: Callable[[str], None] | None = None,
+    steps: int | None = None,
 ) -> tuple[list[Row], dict[str, set[str]]]:
-    """Time each distinct run of ``runs`` picked by ``only`` once; one ``Row`` per run, and the
-    size sources seen per dataset."""
+    """Time each distinct run of ``runs`` picked by ``only`` once (whole rounds, or with
+    ``steps`` a sampled round: ``time_sampled``); one ``Row`` per run, and the size sources seen
+    per dataset."""
     picked = [c for c in runs if selected(c, only)]
     if not picked:
         names = sorted({f"{c.dataset}/{c.split}" for c in runs})
@@ -369,21 +507,27 @@ def estimate(
     sources: dict[str, set[str]] = {}
     for i, (key, members) in enumerate(groups.items(), 1):
         cfg = members[0]
-        fed, src = synthetic_federation(cfg)
-        sources.setdefault(cfg.dataset, set()).update(src.values())
+        plan = plan_split(cfg)
+        sources.setdefault(cfg.dataset, set()).update(plan.sources.values())
+        clients = f"{len(plan.shards)} clients"
+        if steps is not None:
+            clients = f"{len(representatives(plan))} of {clients}, {steps} step(s) each"
         if log:
             log(
-                f"timing {i}/{len(groups)}: {run_name(cfg)} ({len(fed.clients)} clients, "
+                f"timing {i}/{len(groups)}: {run_name(cfg)} ({clients}, "
                 f"{len(members)} run(s) share it)"
             )
-        t = time_run(cfg, fed, rounds)
+        if steps is None:
+            t = time_run(cfg, build_federation(cfg, plan), rounds)
+        else:
+            t = time_sampled(cfg, plan, steps, rounds)
         if log:
             log(
                 f"  train {t.train_s:.2f} s/round, validation {t.val_s:.2f} s, "
                 f"checkpoint {t.checkpoint_s:.2f} s"
             )
         timings[key] = (run_name(cfg), t)
-        del fed
+        del plan
         gc.collect()
     rows = []
     for cfg in runs:
@@ -487,12 +631,25 @@ def summary_lines(rows: Sequence[Row], device: str, cores: int, gpus: int) -> li
     return out
 
 
-def notes(device: str, threads: set[int], rounds: int, sources: dict[str, set[str]]) -> list[str]:
+def notes(
+    device: str,
+    threads: set[int],
+    rounds: int,
+    sources: dict[str, set[str]],
+    steps: int | None = None,
+) -> list[str]:
     """What the numbers are: device, rounds timed, synthetic data, where the sizes came from."""
+    what = f"{rounds} round(s) after {WARMUP_ROUNDS} warm-up round"
+    if steps is not None:
+        what = (
+            f"{rounds} sampled round(s) after {WARMUP_ROUNDS} warm-up round (one client per "
+            f"budget, {steps} step(s) and {steps} validation batch(es) each, scaled to every "
+            "client's real steps and images)"
+        )
     out = [
-        f"timed on {device} ({'/'.join(map(str, sorted(threads)))} thread(s) per run): {rounds} "
-        f"round(s) after {WARMUP_ROUNDS} warm-up round, on synthetic data of the real shapes "
-        "(random pixels; speed does not depend on pixel values)",
+        f"timed on {device} ({'/'.join(map(str, sorted(threads)))} thread(s) per run): {what}, "
+        "on synthetic data of the real shapes (random pixels; speed does not depend on pixel "
+        "values)",
         "includes training, validation and checkpoints; excludes data preparation, the evaluate "
         "jobs and best-model saves",
     ]
@@ -525,6 +682,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="device to time on: cpu (default), cuda, ...")
     p.add_argument("--rounds", type=int, default=2, help="rounds timed per run (default 2)")
     p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="time one client per budget for this many steps instead of whole rounds, scaled "
+        "to every client's steps (minutes instead of hours where a round is long)",
+    )
+    p.add_argument(
         "--threads", type=int, default=None, help="torch threads per run instead of the config's"
     )
     p.add_argument(
@@ -552,17 +716,17 @@ def _positive(name: str, value: int | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for name in ("rounds", "threads", "cores", "gpus"):
+    for name in ("rounds", "steps", "threads", "cores", "gpus"):
         _positive(name, getattr(args, name))
     runs = resolve_grid(args.configfile, args.device, args.threads)
 
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    rows, sources = estimate(runs, args.rounds, args.only, log=log)
+    rows, sources = estimate(runs, args.rounds, args.only, log=log, steps=args.steps)
     cores = args.cores or (2 if args.device == "cpu" else 16)
     threads = {r.cfg.threads for r in rows if r.timing is not None}
-    print("\n".join(notes(args.device, threads, args.rounds, sources)))
+    print("\n".join(notes(args.device, threads, args.rounds, sources, args.steps)))
     print(table_text([r for r in rows if r.timing is not None]))  # untimed: counted below
     print("\n".join(summary_lines(rows, args.device, cores, args.gpus)))
     if args.out is not None:

@@ -7,22 +7,30 @@ import dataclasses
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from splitmix.config import RunConfig
 from splitmix.estimate import (
     Row,
+    SplitPlan,
     Timing,
+    _scaled_clients,
+    build_federation,
     checkpoints,
     cost_key,
     makespan,
     parallel_jobs,
+    plan_split,
+    representatives,
     run_seconds,
     selected,
     summary_lines,
     synthetic_federation,
+    time_sampled,
     validations,
 )
 from splitmix.experiment import load_experiment, resolve_run
@@ -116,6 +124,58 @@ def test_unprepared_dataset_uses_the_known_sizes(tmp_path):
         int(c.val_y.numel()) == int(0.5 * s) for c, s in zip(fed.clients, shares, strict=True)
     )
     assert fed.input_shape == (3, 28, 28)
+
+
+# ---- sampled rounds ------------------------------------------------------------------------------
+def test_sampled_federation_keeps_one_client_per_budget_with_capped_images(tmp_path):
+    """Quick default budgets in client order: 1/8, 1/8, 1/4, 1/2, 1/2, 1."""
+    cfg = quick_run("splitmix", tmp_path)
+    plan = plan_split(cfg)
+    reps = representatives(plan)
+    assert reps == {0.125: 0, 0.25: 2, 0.5: 3, 1.0: 5}
+    fed = build_federation(cfg, plan, list(reps.values()), max_train=64, max_val=32)
+    full, _ = synthetic_federation(cfg)
+    assert [c.budget for c in fed.clients] == list(reps)
+    assert [c.name for c in fed.clients] == [full.clients[i].name for i in reps.values()]
+    assert [c.index for c in fed.clients] == [0, 1, 2, 3]  # the engine indexes clients by position
+    for c, i in zip(fed.clients, reps.values(), strict=True):
+        real = full.clients[i]
+        assert c.train_x.shape[0] == min(64, real.train_x.shape[0]) == c.train_y.numel()
+        assert c.val_x.shape[0] == min(32, real.val_x.shape[0]) == c.val_y.numel()
+        assert torch.equal(c.train_y, real.train_y[: c.train_y.numel()])
+
+
+def fake_plan(budgets, n_train, participation=-1):
+    shards = [
+        SimpleNamespace(train=np.arange(n), val=np.arange(n // 2), test=np.arange(1))
+        for n in n_train
+    ]
+    plan = SplitPlan(None, 28, ["d"], {}, shards, list(budgets), [], {}, {})
+    cfg = SimpleNamespace(batch_size=32, local_epochs=2, participation=participation)
+    return cfg, plan
+
+
+def test_sampled_clients_scale_by_their_real_steps():
+    """Clients of 100 and 33 images at batch 32, 2 epochs: 4 and 1 batches an epoch (the lone
+    33rd image joins the batch before it), 8 and 2 steps; representatives timed 2 steps each."""
+    cfg, plan = fake_plan([0.5, 0.5, 1.0], [100, 33, 100])
+    seconds = {0.5: 1.0, 1.0: 3.0}  # seconds of 2 timed steps
+    timed = {0.5: 2, 1.0: 2}
+    want = 1.0 * 8 / 2 + 1.0 * 2 / 2 + 3.0 * 8 / 2
+    assert _scaled_clients(cfg, plan, seconds, timed) == pytest.approx(want)
+    # 1 of 3 clients a round: a third of the expected cost
+    cfg.participation = 1
+    assert _scaled_clients(cfg, plan, seconds, timed) == pytest.approx(want / 3)
+
+
+def test_sampled_timing_runs_the_engine_and_leaves_nothing(tmp_path, monkeypatch):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    cfg = quick_run("splitmix", tmp_path)
+    t = time_sampled(cfg, plan_split(cfg), steps=1, rounds=1)
+    assert t.train_s > 0 and t.val_s > 0 and t.checkpoint_s > 0
+    assert list(scratch.glob("splitmix-estimate-*")) == []
 
 
 # ---- extrapolation ------------------------------------------------------------------------------
@@ -254,6 +314,23 @@ def test_cli_on_the_test_config(tmp_path):
     assert not (scratch / "data").exists()  # nothing prepared, nothing cached
 
 
+@pytest.mark.slow
+def test_cli_sampled_rounds(tmp_path):
+    """--steps: one client per budget, the note says so, the totals are there."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc = estimate_cli(
+        "--configfile", "config/test.yaml", "--steps", "1", "--rounds", "1", "--threads", "1",
+        "--only", "digits-mini/tiny/fedavg_x0.125", "--only", "digits-mini/tiny/splitmix",
+        tmp=scratch,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "sampled round(s)" in proc.stdout and "one client per budget, 1 step(s)" in proc.stdout
+    assert "(4 of 6 clients, 1 step(s) each, 1 run(s) share it)" in proc.stderr
+    assert "total: 2 run(s)" in proc.stdout
+    assert list(scratch.glob("splitmix-estimate-*")) == []
+
+
 def test_cli_missing_configfile_is_one_line(tmp_path):
     proc = estimate_cli("--configfile", str(tmp_path / "nope.yaml"))
     assert proc.returncode == 2
@@ -275,6 +352,7 @@ def test_cli_unusable_device_is_one_line():
     ("args", "message"),
     [
         (["--rounds", "0"], "error: --rounds 0 is invalid; allowed: an integer >= 1"),
+        (["--steps", "-2"], "error: --steps -2 is invalid; allowed: an integer >= 1"),
         (
             ["--only", "cifar10"],
             "error: --only cifar10 matches no run of the config; its runs "
