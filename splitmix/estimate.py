@@ -267,36 +267,52 @@ def _clock(device: Any) -> float:
     return time.perf_counter()
 
 
-def time_run(cfg: RunConfig, fed: Any, rounds: int, warmup: int = WARMUP_ROUNDS) -> Timing:
-    """Mean seconds of ``rounds`` rounds (after ``warmup`` untimed ones) of ``cfg`` on ``fed``,
-    run by the engine's own round and validation in a temporary folder removed afterwards."""
+def _probe(
+    probe: RunConfig,
+    fed: Any,
+    rounds: int,
+    warmup: int,
+    train_seconds: Callable[[Any, int, float], float],
+) -> Timing:
+    """Run ``warmup`` untimed and ``rounds`` timed rounds of ``probe`` on ``fed`` through the
+    engine's own round and validation, in a temporary folder removed afterwards; a round's
+    training seconds are ``train_seconds(run, round, wall seconds of train_round)``."""
     import torch
 
     from splitmix.fl import engine
 
-    n = warmup + rounds
-    # validation is timed apart from training: the probe's rounds never validate by themselves
-    total = max(cfg.rounds, n + 1)
-    probe = dataclasses.replace(cfg, rounds=total, eval_every=total + 1)
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(probe.threads)
+    train, val = [], []
     with tempfile.TemporaryDirectory(prefix="splitmix-estimate-") as tmp:
         run = engine.TrainingRun(probe, Path(tmp), fed, progress=False)
         run.resume_or_start(restart=True)
-        train, val = [], []
-        for r in range(n):
+        for r in range(warmup + rounds):
             t0 = _clock(run.device)
             run.train_round(r)
             t1 = _clock(run.device)
             run.validate(r)
             t2 = _clock(run.device)
             if r >= warmup:
-                train.append(t1 - t0)
+                train.append(train_seconds(run, r, t1 - t0))
                 val.append(t2 - t1)
         t0 = _clock(run.device)
-        run.save_checkpoint(n - 1, 0.0)
+        run.save_checkpoint(warmup + rounds - 1, 0.0)
         checkpoint = _clock(run.device) - t0
         del run
     return Timing(float(np.mean(train)), float(np.mean(val)), checkpoint)
+
+
+def _probe_config(cfg: RunConfig, rounds: int, warmup: int, **changes: Any) -> RunConfig:
+    """``cfg`` long enough for the probe, never validating by itself (validation is timed
+    apart from training)."""
+    total = max(cfg.rounds, warmup + rounds + 1)
+    return dataclasses.replace(cfg, rounds=total, eval_every=total + 1, **changes)
+
+
+def time_run(cfg: RunConfig, fed: Any, rounds: int, warmup: int = WARMUP_ROUNDS) -> Timing:
+    """Mean seconds of ``rounds`` rounds (after ``warmup`` untimed ones) of ``cfg`` on ``fed``."""
+    probe = _probe_config(cfg, rounds, warmup)
+    return _probe(probe, fed, rounds, warmup, lambda run, r, seconds: seconds)
 
 
 def representatives(plan: SplitPlan) -> dict[float, int]:
@@ -318,9 +334,6 @@ def time_sampled(
     instead of hours for grids whose whole rounds are long on this machine (CIFAR-10 or DomainNet
     on a CPU); per-client download, upload and merge costs are scaled with the steps, so the
     estimate errs long by those (small beside the steps)."""
-    import torch
-
-    from splitmix.fl import engine
     from splitmix.fl.engine import local_steps
 
     reps = representatives(plan)
@@ -331,40 +344,22 @@ def time_sampled(
         b: local_steps(int(c.train_y.shape[0]), cfg.batch_size, 1)
         for b, c in zip(reps, fed.clients, strict=True)
     }
-    n = warmup + rounds
-    total = max(cfg.rounds, n + 1)
-    probe = dataclasses.replace(
-        cfg, rounds=total, eval_every=total + 1, local_epochs=1, participation=-1
-    )
-    torch.set_num_threads(cfg.threads)
-    train, val = [], []
-    with tempfile.TemporaryDirectory(prefix="splitmix-estimate-") as tmp:
-        run = engine.TrainingRun(probe, Path(tmp), fed, progress=False)
-        run.resume_or_start(restart=True)
-        for r in range(n):
-            t0 = _clock(run.device)
-            run.train_round(r)
-            t1 = _clock(run.device)
-            run.validate(r)
-            t2 = _clock(run.device)
-            if r < warmup:
-                continue
-            per_client = {
-                fed.clients[int(row["client"])].budget: float(row["seconds"])
-                for row in run.comm.rows
-                if int(row["round"]) == r
-            }
-            server = max(0.0, (t1 - t0) - sum(per_client.values()))
-            train.append(server + _scaled_clients(cfg, plan, per_client, timed_steps))
-            val.append(t2 - t1)
-        t0 = _clock(run.device)
-        run.save_checkpoint(n - 1, 0.0)
-        checkpoint = _clock(run.device) - t0
-        del run
+
+    def train_seconds(run: Any, r: int, round_s: float) -> float:
+        per_client = {
+            fed.clients[int(row["client"])].budget: float(row["seconds"])
+            for row in run.comm.rows
+            if int(row["round"]) == r
+        }
+        server = max(0.0, round_s - sum(per_client.values()))
+        return server + _scaled_clients(cfg, plan, per_client, timed_steps)
+
+    probe = _probe_config(cfg, rounds, warmup, local_epochs=1, participation=-1)
+    t = _probe(probe, fed, rounds, warmup, train_seconds)
     timed_val = sum(int(c.val_y.numel()) for c in fed.clients)
     real_val = sum(len(s.val) for s in plan.shards)
     val_scale = real_val / timed_val if timed_val else 1.0
-    return Timing(float(np.mean(train)), float(np.mean(val)) * val_scale, checkpoint)
+    return dataclasses.replace(t, val_s=t.val_s * val_scale)
 
 
 def _scaled_clients(
