@@ -107,6 +107,13 @@ def test_interrupt_then_rerun_keeps_finished_jobs_and_redoes_the_rest(pipeline):
         assert (run_dir / "eval.csv").is_file()
 
 
+def test_start_first_runs_start_first(pipeline):
+    """config/test.yaml's workflow.start_first: on 2 cores its two methods are the first two
+    train jobs Snakemake starts."""
+    started = [j["method"] for j in jobs_by_rule(pipeline["first_out"]).get("train", [])]
+    assert started[:2] == ["fedavg_x1", "sheterofl"], started
+
+
 def test_table_has_every_method_and_width(pipeline):
     assert pipeline["second"].returncode == 0
     with open(pipeline["workdir"] / "figures" / "test" / "table1.csv") as fh:
