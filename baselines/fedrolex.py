@@ -35,6 +35,7 @@ from baselines.heterofl import HeteroFL
 from splitmix.config import RunConfig
 from splitmix.errors import ConfigError
 from splitmix.fl.algorithm import FederationInfo, Task, register
+from splitmix.fl.blocks import Block, BlockEntry
 from splitmix.models.layers import (
     SlimmableConv2d,
     SlimmableLinear,
@@ -43,12 +44,10 @@ from splitmix.models.layers import (
     slim_channels,
 )
 from splitmix.models.norm import SlimmableBatchNorm
+from splitmix.models.slimmable import own_tensors
 
 EXTRACTIONS = ("rolling", "static", "random")
 
-#: One dimension of a block: a contiguous slice or a sorted 1-D int64 tensor of distinct indices.
-Entry = slice | torch.Tensor
-IndexBlock = tuple[Entry, ...]
 #: (channels K, kept n) -> the n channel indices kept, in the window's own order.
 WindowFn = Callable[[int, int], torch.Tensor]
 
@@ -101,7 +100,7 @@ def window_fn(extraction: str, round_idx: int, seed: int | None = None) -> Windo
 
 
 # ---- from windows to the blocks of every state tensor ------------------------------------------
-def as_entry(index: torch.Tensor) -> Entry:
+def as_entry(index: torch.Tensor) -> BlockEntry:
     """The canonical block entry of a set of indices: sorted, and a slice where contiguous.
 
     The order of channels inside a client's sub-model is a relabelling of hidden units that
@@ -136,16 +135,16 @@ def _layer_block(
     shape: torch.Size,
     ratio: float,
     window: WindowFn,
-) -> IndexBlock:
+) -> Block:
     units_in, units_out = layer.units(ratio)
     if layer.fixed_out:  # the classifier keeps every output
-        out: Entry = _whole(layer.max_out)
+        out: BlockEntry = _whole(layer.max_out)
     else:
         out = as_entry(window(layer.max_out, units_out))
     if name != "weight":  # the bias follows the output window
         return (out,)
     if layer.fixed_in:  # the first layer reads every input channel
-        inp: Entry = _whole(layer.max_in)
+        inp: BlockEntry = _whole(layer.max_in)
     else:
         group = layer.in_group
         channels = window(layer.max_in // group, units_in // group)
@@ -153,7 +152,7 @@ def _layer_block(
     return (out, inp) + tuple(_whole(s) for s in shape[2:])
 
 
-def window_blocks(model: nn.Module, ratio: float, window: WindowFn) -> dict[str, IndexBlock]:
+def window_blocks(model: nn.Module, ratio: float, window: WindowFn) -> dict[str, Block]:
     """State key -> the block of that tensor a width-``ratio`` client trains under ``window``.
 
     The same keys as ``prefix_blocks(model, ratio)``; with ``static_window`` the same blocks too.
@@ -162,7 +161,7 @@ def window_blocks(model: nn.Module, ratio: float, window: WindowFn) -> dict[str,
     positions, which move every round.
     """
     r = check_ratio(ratio)
-    blocks: dict[str, IndexBlock] = {}
+    blocks: dict[str, Block] = {}
     for mname, module in model.named_modules():
         known = (SlimmableConv2d, SlimmableLinear, SlimmableBatchNorm)
         if isinstance(module, WidthSwitchable) and not isinstance(module, known):
@@ -172,13 +171,7 @@ def window_blocks(model: nn.Module, ratio: float, window: WindowFn) -> dict[str,
                 "FedRolex / Federated Dropout need bn: batch (one BN sliced by channel)"
             )
         prefix = f"{mname}." if mname else ""
-        own = list(module.named_parameters(recurse=False))
-        own += [
-            (n, b)
-            for n, b in module.named_buffers(recurse=False)
-            if n not in module._non_persistent_buffers_set
-        ]
-        for name, tensor in own:
+        for name, tensor in own_tensors(module):
             if isinstance(module, SlimmableConv2d | SlimmableLinear):
                 block = _layer_block(module, name, tensor.shape, r, window)
             elif isinstance(module, SlimmableBatchNorm):
@@ -222,7 +215,7 @@ class FedRolex(HeteroFL):
                 f"{', '.join(EXTRACTIONS)}"
             )
         self.extraction: str = str(extraction)
-        self._windows: dict[tuple[float, int, int | None], dict[str, IndexBlock]] = {}
+        self._windows: dict[tuple[float, int, int | None], dict[str, Block]] = {}
 
     def plan(self, round_idx: int, clients: list[int], rng: np.random.Generator) -> list[Task]:
         """Each client trains its budget width; a random window's seed is drawn here, from the
@@ -238,7 +231,7 @@ class FedRolex(HeteroFL):
             )
         return tasks
 
-    def exchange_blocks(self, task: Task) -> dict[str, IndexBlock]:
+    def exchange_blocks(self, task: Task) -> dict[str, Block]:
         width = task.widths[0]
         seed = task.payload.get("seed")
         key = (width, task.round if self.extraction == "rolling" else 0, seed)

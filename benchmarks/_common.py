@@ -15,9 +15,8 @@ import torch
 
 from splitmix.config import RunConfig
 from splitmix.data.clients import Client, Federation
-from splitmix.fl.algorithm import Algorithm, FederationInfo
-from splitmix.fl.engine import batches, local_steps, make_generator
-from splitmix.methods import get_algorithm
+from splitmix.fl.algorithm import Algorithm
+from splitmix.fl.engine import batches, build_algorithm, local_steps, make_generator
 
 
 def synthetic_digits(
@@ -44,25 +43,10 @@ def synthetic_digits(
     return Federation("digits", "bench", ("synth",), 10, (3, 28, 28), out)
 
 
-def federation_info(cfg: RunConfig, fed: Federation) -> FederationInfo:
-    """What the engine tells a method about ``fed`` (``engine._build_algorithm``'s view)."""
-    from splitmix.models import default_arch
-
-    return FederationInfo(
-        num_clients=len(fed.clients),
-        budgets=fed.budgets,
-        weights=fed.weights,
-        num_classes=fed.num_classes,
-        input_shape=tuple(fed.input_shape),
-        arch=cfg.arch or default_arch(cfg.dataset),
-        client_domains=tuple(c.domain for c in fed.clients),
-    )
-
-
 def fresh_algorithm(cfg: RunConfig, fed: Federation) -> Algorithm:
     """The method of ``cfg`` initialised exactly as the engine initialises it (same init stream),
     for a bare loop to copy its starting state and its per-round plans from."""
-    alg = get_algorithm(cfg.algorithm)(cfg, federation_info(cfg, fed))
+    alg = build_algorithm(cfg, fed)
     alg.init_global(make_generator(cfg.seed, "init", torch.device("cpu")))
     return alg
 

@@ -91,7 +91,7 @@ def load_run(
     """Rebuild a run's algorithm at its best-validation state (``federation`` may be passed to
     skip rebuilding it, e.g. in tests; it must be the run's federation)."""
     from splitmix.fl.checkpoint import load_checkpoint
-    from splitmix.fl.engine import _build_algorithm, make_generator
+    from splitmix.fl.engine import build_algorithm, make_generator
 
     run_dir = Path(run_dir)
     record = read_record(run_dir)
@@ -111,7 +111,7 @@ def load_run(
         from splitmix.data.federation import build_federation
 
         federation = build_federation(cfg)
-    alg = _build_algorithm(cfg, federation)
+    alg = build_algorithm(cfg, federation)
     alg.init_global(make_generator(cfg.seed, "init", torch.device("cpu")))
     alg.load_state_dict(best["algorithm"])
     return LoadedRun(run_dir, record, cfg, int(best["round"]), alg, federation)

@@ -215,7 +215,7 @@ class TrainingRun:
         self.loss_fn = make_loss(use_masked_loss(cfg.masked_loss, cfg.split_config.kind))
         self.augment = _augment(cfg)
         self.adv = cfg.adv.lam > 0
-        self.algorithm = _build_algorithm(cfg, fed)
+        self.algorithm = build_algorithm(cfg, fed)
         self.widths = sorted(float(w) for w in self.algorithm.eval_widths())
         if not self.widths:
             raise ConfigError(f"algorithm {cfg.algorithm!r} validates no width (eval_widths empty)")
@@ -556,7 +556,9 @@ def _augment(cfg: RunConfig) -> Augment | None:
     return None if fn is no_augment else fn
 
 
-def _build_algorithm(cfg: RunConfig, fed: Federation) -> Algorithm:
+def build_algorithm(cfg: RunConfig, fed: Federation) -> Algorithm:
+    """The method of ``cfg``, told what it may know of ``fed`` (``FederationInfo``); its global
+    model is not initialised yet (``init_global``)."""
     arch = cfg.arch
     if arch is None:
         from splitmix.models import default_arch

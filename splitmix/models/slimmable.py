@@ -23,6 +23,18 @@ def _full(shape: torch.Size) -> Block:
     return tuple(slice(0, s) for s in shape)
 
 
+def own_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The tensors ``module`` itself puts in a state_dict: its parameters and persistent buffers,
+    not its children's."""
+    own = list(module.named_parameters(recurse=False))
+    own += [
+        (n, b)
+        for n, b in module.named_buffers(recurse=False)
+        if n not in module._non_persistent_buffers_set
+    ]
+    return own
+
+
 def _walk(
     module: nn.Module, prefix: str, dense_prefix: str, ratio: float
 ) -> Iterator[tuple[str, str, Block]]:
@@ -32,13 +44,7 @@ def _walk(
         for k, t in module.norms[i].state_dict(keep_vars=True).items():
             yield f"{prefix}norms.{i}.{k}", f"{dense_prefix}{k}", _full(t.shape)
         return
-    own = list(module.named_parameters(recurse=False))
-    own += [
-        (n, b)
-        for n, b in module.named_buffers(recurse=False)
-        if n not in module._non_persistent_buffers_set
-    ]
-    for name, t in own:
+    for name, t in own_tensors(module):
         if isinstance(module, WidthSwitchable):
             block = module.block(name, ratio, t.shape)
         else:

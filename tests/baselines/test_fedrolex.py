@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
-from fl.test_baselines import make
+from fl.test_baselines import make, run_round, server_state
 from fl.toy import toy_config, toy_federation
 from torch import nn
 
@@ -18,7 +17,7 @@ from baselines.fedrolex import rolling_window, window_blocks
 from splitmix.config import RunConfig
 from splitmix.errors import ConfigError
 from splitmix.fl.aggregate import MaskedAverage
-from splitmix.fl.algorithm import Algorithm, Task, Update
+from splitmix.fl.algorithm import Update
 from splitmix.fl.blocks import read
 from splitmix.fl.checkpoint import load_checkpoint
 from splitmix.fl.engine import run_training
@@ -71,44 +70,21 @@ def test_each_entry_is_averaged_over_the_clients_whose_window_covered_it(
 
 
 # ---- the method ------------------------------------------------------------------------------
-def run_round(alg: Algorithm, r: int, clients: list[int]) -> list[Task]:
-    """What the engine does for one round: plan, then per client download, 2 SGD steps, upload."""
-    tasks = alg.plan(r, clients, np.random.default_rng(r))
-    alg.begin_aggregate(r)
-    for task in tasks:
-        torch.manual_seed(1000 * r + task.client)
-        model = alg.download(task)
-        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
-        g = torch.Generator().manual_seed(100 + task.client)
-        x, y = torch.rand(6, *SHAPE, generator=g), torch.randint(0, 10, (6,), generator=g)
-        for _ in range(2):
-            opt.zero_grad(set_to_none=True)
-            alg.train_step(model, task, x, y, F.cross_entropy)
-            opt.step()
-        alg.accumulate(task, alg.upload(task, model), float(alg.info.weights[task.client]))
-    alg.end_aggregate()
-    return tasks
-
-
-def _server(alg: Algorithm) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in alg.server.state_dict().items()}
-
-
 def test_static_extraction_trains_exactly_like_heterofl() -> None:
     rolex, hetero = make("fedrolex", extraction="static"), make("heterofl")
     for r in range(2):
         run_round(rolex, r, [0, 1, 2, 3])
         run_round(hetero, r, [0, 1, 2, 3])
-    a, b = _server(rolex), _server(hetero)
+    a, b = server_state(rolex), server_state(hetero)
     for key, t in a.items():
         assert torch.equal(t, b[key]), key
 
 
 def test_rolling_round_changes_exactly_the_windows_entries() -> None:
     alg = make("fedrolex", k=4)
-    before = _server(alg)
+    before = server_state(alg)
     run_round(alg, 5, [0])  # client 0 of 8-4-2-1 over 4 clients: width 1/8
-    after = _server(alg)
+    after = server_state(alg)
     (width,) = alg.client_widths[0]
     assert width == 0.125
     kept = set(rolling_window(64, 8, 5).tolist())  # conv1: channels 59..63 and 0..2
@@ -165,8 +141,8 @@ def test_state_dict_round_trip_resumes_identically(algorithm: str) -> None:
     buf.seek(0)
     b.load_state_dict(torch.load(buf, weights_only=False))
     run_round(b, 1, [0, 1, 2, 3])
-    for key, t in _server(a).items():
-        assert torch.equal(t, _server(b)[key]), key
+    for key, t in server_state(a).items():
+        assert torch.equal(t, server_state(b)[key]), key
 
 
 # ---- end to end through the engine -------------------------------------------------------------
