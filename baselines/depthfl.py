@@ -418,6 +418,11 @@ class DepthFL(ServerModelAlgorithm):
         self.load_client_state(self._eval, client, self.depth_blocks(depth))
         return self._eval.truncated(depth).eval()
 
+    def serving_blocks(self, width: float) -> dict[str, None]:
+        """The stages and exits of the depth ``width`` labels: serving every depth stores the
+        deepest model."""
+        return self.depth_blocks(self.depth_for_width(width))
+
     def describe(self) -> dict[str, Any]:
         counts: dict[str, int] = {}
         for d in self.client_depths:

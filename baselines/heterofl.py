@@ -328,6 +328,22 @@ class HeteroFL(ServerModelAlgorithm):
         model.set_width(w)
         return model
 
+    def deploy(
+        self, width: float, lam: float | None = None, client: int | None = None
+    ) -> nn.Module:
+        """A copy of the width-``width`` prefix sub-network: the dense stand-in where one exists,
+        else the slimmable model cut to that prefix (``shrink_to_prefix``)."""
+        model = copy.deepcopy(self.assemble(width, lam, client))
+        if getattr(model, "slimmable", False):
+            shrink_to_prefix(model, float(model.width))
+        return model.eval()
+
+    def serving_blocks(self, width: float) -> dict[str, Block]:
+        """The width's prefix blocks: serving every width stores the widest model (with tracked
+        BN, also each width's private BN)."""
+        self._require_server()
+        return prefix_blocks(self.server, _match(width, self.widths) or float(width))
+
     def describe(self) -> dict[str, Any]:
         counts: dict[str, int] = {}
         for ws in self.client_widths:

@@ -16,13 +16,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from splitmix.config import AdvConfig
 from splitmix.evaluate.fast import inference_model
 from splitmix.evaluate.robustness import adversarial_examples
 from splitmix.fl.engine import batch_spans
-from splitmix.models import SlimmableBatchNorm
+from splitmix.models.serving import uses_batch_statistics
 
 LARGE_BATCH = 1024
 
@@ -42,16 +41,6 @@ class ClientAccuracy:
     @property
     def robust_acc(self) -> float | None:
         return None if self.robust is None else self.robust / self.n
-
-
-def uses_batch_statistics(model: nn.Module) -> bool:
-    """True if some normalisation layer normalises with the batch's statistics in eval mode."""
-    for m in model.modules():
-        if isinstance(m, SlimmableBatchNorm):
-            return True
-        if isinstance(m, _BatchNorm) and (not m.track_running_stats or m.running_mean is None):
-            return True
-    return False
 
 
 def eval_batch_size(model: nn.Module, test_batch_size: int, large: int = LARGE_BATCH) -> int:

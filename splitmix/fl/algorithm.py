@@ -44,13 +44,17 @@ Optional hooks, declared below with defaults; generic code calls nothing else:
 ``download_bytes(task, model)`` (bytes sent), ``prepare_evaluation(val_accuracy)`` (choices made
 on validation before testing, e.g. Split-Mix's base order), ``inference_model(model)`` (a faster
 equivalent module for evaluation), ``batchable(task)`` (the task's step is plain, so the engine
-may train it batched with others, ``splitmix.fl.batched``), and the class attribute
-``one_run_per_width`` (the report's capability flag). The registry lookup lives above this
-package, in ``splitmix.methods``, so that ``fl/`` never imports a method.
+may train it batched with others, ``splitmix.fl.batched``), the class attribute
+``one_run_per_width`` (the report's capability flag), and the three verbs of in-situ
+customisation after training (``splitmix.deploy``, docs/deploy.md): ``deploy_widths()`` (every
+width a trained run offers), ``deploy(width, lam, client)`` (a standalone module of that width)
+and ``storage_nbytes(widths)`` (bytes stored to serve all those widths). The registry lookup
+lives above this package, in ``splitmix.methods``, so that ``fl/`` never imports a method.
 """
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -249,6 +253,34 @@ class Algorithm(ABC):
         """
         del task
         return False
+
+    def deploy_widths(self) -> list[float]:
+        """Every width a user may ask a trained run for (``splitmix.load_run``, ``export``),
+        ascending. The default is ``eval_widths()``; a method whose models come in more sizes
+        than it validates (Split-Mix: any multiple of its atom) lists them all."""
+        return sorted(float(w) for w in self.eval_widths())
+
+    def deploy(
+        self, width: float, lam: float | None = None, client: int | None = None
+    ) -> nn.Module:
+        """A standalone eval-mode module computing the model of ``width`` (dual BN mixed by
+        ``lam``) with ``client``'s local tensors: it shares no tensor with the method and holds
+        only the tensors that model uses, so it can be exported, timed and stored on its own.
+
+        The default copies what ``assemble`` returns, which suits a method whose assembled
+        model already holds only its width's tensors (a dense model, a subset of bases, a
+        truncated depth). A method whose assembled model carries more (a slimmable model run at
+        a prefix) cuts it down here.
+        """
+        return copy.deepcopy(self.assemble(width, lam, client)).eval()
+
+    def storage_nbytes(self, widths: list[float]) -> int | None:
+        """Bytes of tensors a server (or a device) must store to deploy every width of
+        ``widths``: each tensor element that any of those models uses, counted once. None when
+        the method cannot say (the default); ``ServerModelAlgorithm`` counts it from
+        ``serving_blocks``."""
+        del widths
+        return None
 
     def inference_model(self, model: nn.Module) -> nn.Module:
         """An equivalent, faster module for evaluation and attacks on the eval-mode ``model``

@@ -236,6 +236,29 @@ class ServerModelAlgorithm(Algorithm):
         self._eval.eval()
         return self._eval
 
+    # ---- serving every width -------------------------------------------------------------------
+    def serving_blocks(self, width: float) -> dict[str, Block | None]:
+        """The server-state blocks (key -> block, None = whole) that the model of ``width``
+        consists of, i.e. what ``deploy(width)`` holds. The default is the whole state: one
+        model of one width (FedAvg)."""
+        del width
+        return dict.fromkeys(self._server_state)
+
+    def storage_nbytes(self, widths: list[float]) -> int:
+        """Bytes of the union of ``serving_blocks`` over ``widths``: a tensor element used by
+        several widths (a prefix inside a wider prefix, a base in several ensembles) is stored
+        once."""
+        self._require_server()
+        used: dict[str, torch.Tensor] = {}
+        for width in widths:
+            for key, block in self.serving_blocks(width).items():
+                t = self._server_state[key]
+                mask = used.setdefault(key, torch.zeros(t.shape, dtype=torch.bool))
+                blocks.write_(mask, block, torch.ones(blocks.shape(t, block), dtype=torch.bool))
+        return sum(
+            int(mask.sum()) * self._server_state[key].element_size() for key, mask in used.items()
+        )
+
     # ---- checkpointing -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         self._require_server()

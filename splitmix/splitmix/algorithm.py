@@ -273,6 +273,15 @@ class SplitMix(ServerModelAlgorithm):
     ) -> nn.Module:
         return self.assemble_bases(self.bases_for(width), lam, client)
 
+    def deploy_widths(self) -> list[float]:
+        """Every multiple of the atom up to the widest model: the ensemble of the first k bases
+        is a model of width k * atom, validated or not (in-situ size customisation)."""
+        return [k * self.atom for k in range(1, self.num_base + 1)]
+
+    def serving_blocks(self, width: float) -> dict[str, Block | None]:
+        """The whole tensors of the width's bases: serving every width stores each base once."""
+        return {key: None for s in self.bases_for(width) for key in self._base_keys[s]}
+
     def prepare_evaluation(self, val_accuracy: ValAccuracy) -> None:
         """``sort_bases``: order the bases by their own mean validation accuracy over clients
         (docs/paper.md#split-mix, test), so ensembles take the best bases first."""
