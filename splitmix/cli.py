@@ -27,6 +27,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("train", "splitmix.fl.cli"),
     ("evaluate", "splitmix.evaluate.cli"),
     ("report", "splitmix.report.cli"),
+    ("export", "splitmix.deploy.cli"),
     ("estimate", "splitmix.estimate"),
 ]
 

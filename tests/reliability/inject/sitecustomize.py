@@ -11,6 +11,9 @@ of these variables:
 ``SPLITMIX_TEST_ENOSPC=NAME``
     Every ``write`` to the temporary file of ``NAME`` fails with ENOSPC, as on a full disk, for
     sandboxes where the test cannot mount a small tmpfs.
+``SPLITMIX_TEST_HIDE_MODULES=a,b``
+    Those packages behave as if not installed (``sys.modules[name] = None``: importing raises
+    ImportError, ``importlib.util.find_spec`` answers None), e.g. the optional ``export`` extra.
 
 Both act on files opened through ``os.fdopen``, which is how ``splitmix.atomic`` opens its
 temporary files (``.NAME.<random>.tmp``).
@@ -26,6 +29,7 @@ from pathlib import Path
 _PAUSE = os.environ.get("SPLITMIX_TEST_PAUSE_WRITE")
 _FLAG = os.environ.get("SPLITMIX_TEST_PAUSE_FLAG")
 _FULL = os.environ.get("SPLITMIX_TEST_ENOSPC")
+_HIDE = [m for m in os.environ.get("SPLITMIX_TEST_HIDE_MODULES", "").split(",") if m]
 
 
 class _Faulty:
@@ -72,3 +76,10 @@ if _PAUSE or _FULL:
         return _Faulty(fh, pause, full) if pause or full else fh
 
     os.fdopen = _fdopen
+
+
+if _HIDE:
+    import sys
+
+    for _name in _HIDE:
+        sys.modules[_name] = None  # type: ignore[assignment]
