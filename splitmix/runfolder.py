@@ -21,6 +21,9 @@ Layout of ``results/<dataset>/<split>/<method>/seed<N>/``:
     The run record, written last: its presence means the run is complete.
 ``eval.csv``
     The evaluation's rows (``splitmix.evaluate.rows``).
+``eval.json``
+    The evaluation record: the machine, device and thread count its latencies were measured
+    on (``eval_record_path`` of the rows file).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ LOG = "log.csv"
 COMM = "comm.csv"
 RUN_RECORD = "run.json"
 EVAL = "eval.csv"
+EVAL_RECORD = "eval.json"
 # everything training writes (a restart deletes all of it)
 OUTPUTS = (CHECKPOINT, BEST_STATE, BEST, LOG, COMM, RUN_RECORD)
 # what a finished run keeps; the rest is resume state, deleted once the workflow's job succeeds
@@ -120,3 +124,27 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray | tuple | set):
         return list(obj.tolist() if isinstance(obj, np.ndarray) else obj)
     return str(obj)
+
+
+# ---- eval.json --------------------------------------------------------------------------------
+def eval_record_path(rows_file: str | Path) -> Path:
+    """The evaluation record beside a rows file: ``eval.csv`` -> ``eval.json``."""
+    return Path(rows_file).with_suffix(".json")
+
+
+def write_eval_record(rows_file: str | Path, record: dict[str, Any]) -> Path:
+    """Write the evaluation record of ``rows_file`` atomically."""
+    path = eval_record_path(rows_file)
+    atomic_write_text(path, json.dumps(record, indent=2, default=_json_default) + "\n")
+    return path
+
+
+def read_eval_record(rows_file: str | Path) -> dict[str, Any] | None:
+    """The evaluation record of ``rows_file``, or None if it has none (rows written before
+    records existed) or it is unreadable (the report then names no machine for it)."""
+    path = eval_record_path(rows_file)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None

@@ -6,7 +6,7 @@ Entry points: ``evaluate_run(run_dir, EvalOptions(...))`` and ``read_rows(path)`
 
 from splitmix.evaluate.cost import ModelCost, count_flops, model_cost
 from splitmix.evaluate.rows import COLUMNS, METRICS, RunKey, check_rows, read_rows, write_rows
-from splitmix.evaluate.run import EvalOptions, evaluate_run, load_run
+from splitmix.evaluate.run import EvalOptions, evaluate_run, restore_run
 
 __all__ = [
     "COLUMNS",
@@ -17,7 +17,7 @@ __all__ = [
     "check_rows",
     "count_flops",
     "evaluate_run",
-    "load_run",
+    "restore_run",
     "model_cost",
     "read_rows",
     "write_rows",

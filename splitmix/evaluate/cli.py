@@ -8,6 +8,7 @@ from pathlib import Path
 
 from splitmix.config import AdvConfig
 from splitmix.errors import ConfigError
+from splitmix.evaluate.deployment import LATENCY_BATCH, DeployOptions
 from splitmix.evaluate.flags import FlagRule
 
 
@@ -107,7 +108,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=rule.chance_margin,
         help=f"flag accuracy <= 1/classes + this ({rule.chance_margin:g})",
     )
-    p.add_argument("--out", type=Path, default=None, help="rows file (default RUN/eval.csv)")
+    p.add_argument(
+        "--latency",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time every width's deployed model at batch 1 and --latency-batch (default on)",
+    )
+    p.add_argument(
+        "--latency-batch",
+        type=int,
+        default=LATENCY_BATCH,
+        help=f"the larger batch of the latency rows (default {LATENCY_BATCH})",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="rows file (default RUN/eval.csv; its record goes beside it as .json)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the run's)")
     p.add_argument("--device", default=None, help="e.g. cpu or cuda (default: the run's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -119,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads {args.threads} must be >= 1")
+    if args.latency_batch < 1:
+        raise ConfigError(f"--latency-batch {args.latency_batch} must be >= 1, e.g. 32")
     options = EvalOptions(
         widths=parse_floats(args.widths, "widths") if args.widths else None,
         lams=parse_floats(args.lams, "lams") if args.lams else None,
@@ -128,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
         flags=FlagRule(args.flag_window, args.flag_rise, args.flag_chance, args.flag_noise),
+        deploy=DeployOptions(latency=args.latency, latency_batch=args.latency_batch),
     )
     out = args.out or args.run / EVAL
     if out.is_dir():  # checked before the evaluation, which can take a long time

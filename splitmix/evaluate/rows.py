@@ -63,6 +63,15 @@ METRICS: dict[str, Metric] = {
     "params": Metric("count", True, "sum of numel of the assembled model's parameters"),
     "state_numel": Metric("count", True, "sum of numel of its state_dict (params + buffers)"),
     "model_bytes": Metric("B", True, "sum of numel x element size of its state_dict"),
+    # deployment (evaluate.deployment): storage and measured latency of the deployed models
+    "export_bytes": Metric("B", True, "bytes of the TorchScript file the default export writes"),
+    "serve_all_bytes": Metric("B", False, "tensor bytes stored to serve every offered width"),
+    "latency_b1": Metric("s/sample", True, "median time at batch 1, the method's fast module"),
+    "latency_bn": Metric("s/sample", True, "median time per sample at batch latency_batch"),
+    "latency_b1_plain": Metric("s/sample", True, "latency_b1 of the module as assembled"),
+    "latency_bn_plain": Metric("s/sample", True, "latency_bn of the module as assembled"),
+    "latency_batch": Metric("count", False, "the larger batch of the latency rows"),
+    "latency_threads": Metric("count", False, "torch threads the latencies were measured with"),
     # communication, per client (and means), from comm.csv
     "bytes_down_total_to_best": Metric("B", False, "server->client bytes, rounds 0..best"),
     "bytes_up_total_to_best": Metric("B", False, "client->server bytes, rounds 0..best"),

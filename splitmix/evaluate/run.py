@@ -42,12 +42,13 @@ from splitmix.evaluate.communication import (
     read_log_csv,
 )
 from splitmix.evaluate.cost import model_cost
+from splitmix.evaluate.deployment import DeployOptions, record, run_rows, width_rows
 from splitmix.evaluate.flags import FlagRule, flag_rows
 from splitmix.evaluate.robustness import attack_seed
 from splitmix.evaluate.rows import RunKey, client_rows, to_frame, write_rows
 from splitmix.fl.algorithm import Algorithm
 from splitmix.models import DualBatchNorm, set_bn_mode
-from splitmix.runfolder import BEST, COMM, COMM_COLUMNS, EVAL, LOG, read_record
+from splitmix.runfolder import BEST, COMM, COMM_COLUMNS, EVAL, LOG, read_record, write_eval_record
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class EvalOptions:
     large_batch: int = LARGE_BATCH
     progress: bool = False
     flags: FlagRule = FlagRule()  # when a run counts as under-trained (evaluate.flags)
+    deploy: DeployOptions = DeployOptions()  # storage and latency rows (evaluate.deployment)
 
 
 @dataclass
@@ -85,7 +87,7 @@ class LoadedRun:
 
 
 # ---- loading ------------------------------------------------------------------------------------
-def load_run(
+def restore_run(
     run_dir: Path, *, federation: Federation | None = None, device: str | None = None
 ) -> LoadedRun:
     """Rebuild a run's algorithm at its best-validation state (``federation`` may be passed to
@@ -207,6 +209,9 @@ def model_rows(run: LoadedRun, options: EvalOptions) -> list[dict[str, Any]]:
         cost = model_cost(model, tuple(run.federation.input_shape))
         for metric in ("macs", "flops", "params", "state_numel", "model_bytes"):
             rows.append(key.row(metric, getattr(cost, metric), width=width))
+        shape = tuple(run.federation.input_shape)
+        device = torch.device(cfg.device)
+        rows += width_rows(run.algorithm, key, width, shape, device, options.deploy)
         # a model without dual BN is the same at every lambda: evaluate it once, lam empty
         lams = [x if x is not None else 0.0 for x in requested] if is_dual(model) else [None]
         for lam in lams:
@@ -250,12 +255,13 @@ def evaluate_run(
     """Evaluate ``run_dir`` and write its rows to ``out`` (default ``run_dir/eval.csv``)."""
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
-    run = load_run(run_dir, federation=federation, device=options.device)
+    run = restore_run(run_dir, federation=federation, device=options.device)
     torch.set_num_threads(int(options.threads or run.cfg.threads))
     try:
         logs = log_rows(run)  # first: a damaged log fails in seconds, not after the evaluation
         prepare_evaluation(run)
-        rows = model_rows(run, options) + logs
+        rows = model_rows(run, options) + logs + run_rows(run.algorithm, run.key, options.deploy)
+        measured = record(torch.device(run.cfg.device), options.deploy)
         n_val = sum(int(c.val_y.shape[0]) for c in run.federation.clients)
         rows += flag_rows(run.key, rows, run.federation.num_classes, options.flags, n_val)
         if options.attack:
@@ -267,5 +273,7 @@ def evaluate_run(
         torch.set_num_threads(threads)
     rows.append(run.key.row("eval_seconds", time.perf_counter() - t0))
     df = to_frame(rows)
-    write_rows(df, Path(out) if out is not None else Path(run_dir) / EVAL)
+    out = Path(out) if out is not None else Path(run_dir) / EVAL
+    write_rows(df, out)
+    write_eval_record(out, measured)
     return df

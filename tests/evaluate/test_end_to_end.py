@@ -20,7 +20,7 @@ from splitmix.data.clients import Federation
 from splitmix.data.federation import build_federation
 from splitmix.evaluate import cli
 from splitmix.evaluate.rows import read_rows
-from splitmix.evaluate.run import EvalOptions, evaluate_run, load_run, log_rows
+from splitmix.evaluate.run import EvalOptions, evaluate_run, log_rows, restore_run
 from splitmix.fl.engine import run_training
 from splitmix.models import bn_mode, build_model
 from splitmix.runfolder import read_record
@@ -113,7 +113,7 @@ def _expected_bytes(method: str, budget: float) -> int:
 @pytest.mark.parametrize("method", ["splitmix", "heterofl"])
 def test_communication_rows_equal_the_exchanged_tensors(trained, method):
     run_dir, federation = trained(method)
-    run = load_run(run_dir, federation=federation)
+    run = restore_run(run_dir, federation=federation)
     df = pd.DataFrame(log_rows(run))
     best = run.best_round
     for c in federation.clients:
@@ -212,7 +212,7 @@ def test_dual_bn_rows_per_lambda_match_clean_and_noise_models(trained):
     acc = df[df["metric"] == "acc"]
     assert sorted(set(acc["lam"])) == [0.0, 0.2, 0.5, 0.8, 1.0]  # adv.test_lams
     assert set(acc["width"]) == {0.125, 0.25}
-    run = load_run(run_dir, federation=federation)
+    run = restore_run(run_dir, federation=federation)
     for lam, mode in ((0.0, "clean"), (1.0, "noise")):
         model = run.algorithm.assemble(0.25, None, None).eval()
         with bn_mode(model, mode), torch.no_grad():

@@ -32,7 +32,15 @@ from splitmix.data.catalog import DATASETS  # noqa: E402
 from splitmix.data.store import MANIFEST, data_root, prepared_dir  # noqa: E402
 from splitmix.errors import SplitmixError  # noqa: E402
 from splitmix.experiment import RESERVED, iter_runs, resolve_run  # noqa: E402
-from splitmix.runfolder import BEST, COMM, EVAL, LOG, RESUME_STATE, RUN_RECORD  # noqa: E402
+from splitmix.runfolder import (  # noqa: E402
+    BEST,
+    COMM,
+    EVAL,
+    EVAL_RECORD,
+    LOG,
+    RESUME_STATE,
+    RUN_RECORD,
+)
 from splitmix.schemas import SCHEMA_PATH, explain  # noqa: E402
 
 

@@ -1,5 +1,6 @@
 # Evaluation rows of one finished run: test accuracy per width (and dual-BN lambda), PGD
-# robustness, cost and communication, as long rows in eval.csv (docs/evaluation.md).
+# robustness, cost, storage, latency and communication, as long rows in eval.csv, and the machine
+# the latencies were measured on in eval.json (docs/evaluation.md).
 
 
 rule evaluate:
@@ -11,6 +12,7 @@ rule evaluate:
         record=f"{RUN_DIR}/{RUN_RECORD}",
     output:
         rows=f"{RUN_DIR}/{EVAL}",
+        record=f"{RUN_DIR}/{EVAL_RECORD}",
     params:
         run=lambda wc, input: os.path.dirname(input.record),
         attack=attack_flag,

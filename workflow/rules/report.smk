@@ -19,6 +19,7 @@ rule report:
     input:
         rows=expand(f"{{run}}/{EVAL}", run=run_dirs()),
         records=expand(f"{{run}}/{RUN_RECORD}", run=run_dirs()),
+        measured=expand(f"{{run}}/{EVAL_RECORD}", run=run_dirs()),
         claims=CLAIMS or [],
     output:
         # every figure and every Markdown table (Table 1, claims) with its own caption: the
