@@ -32,7 +32,7 @@ FORMATS = ("png", "pdf", "svg")
 MANIFEST = "manifest.json"
 TABLE_FILES = ("table1.csv", "table1.md", "table1.tex")
 # Figures that compare methods side by side honour --methods; variant figures use every run.
-METHOD_FIGURES = ("convergence", "per_domain", "client_stats", "flops_accuracy")
+METHOD_FIGURES = ("convergence", "per_domain", "client_stats", "flops_accuracy", "latency_accuracy")
 CLAIM_FILES = ("claims.md", "claims.csv")
 SUMMARY = (
     "summary.txt"  # the lines `snakemake` prints when the run ends (workflow/rules/report.smk)

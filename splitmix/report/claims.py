@@ -35,6 +35,7 @@ import yaml
 
 from splitmix.errors import ConfigError
 from splitmix.report.flags import flagged_runs, run_flags
+from splitmix.report.labels import width_label
 from splitmix.report.load import ALL_DOMAINS, MEAN_CLIENT, RUN_KEYS, TEST_ROUND
 from splitmix.report.spread import seed_spread, seed_std
 
@@ -56,12 +57,19 @@ _EPS = 1e-9
 # ---- the claims file --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Side:
-    """The runs one side of a check reads: a method, optionally at a fixed width and lambda."""
+    """The runs one side of a check reads: a method, optionally at a fixed width and lambda, or
+    (``sum_of``) several methods whose per-seed values are added up, e.g. one model per width."""
 
-    method: str
+    method: str  # the method, or the names of ``sum_of`` joined by " + "
     width: float | None = None  # None: the check's widths (compare) or the widest (not_dominated)
     lam: float | None = None  # dual-BN rows: the test lambda (default 0, clean BN)
     respects_budget: bool = False  # the check needs these runs within every client's budget
+    sum_of: tuple[str, ...] = ()
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods whose runs this side reads."""
+        return self.sum_of or (self.method,)
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,7 @@ class Check:
     widths: tuple[float | None, ...] = (None,)
     relation: str = "above"
     margin: float | str = 0.0
+    factor: float = 1.0  # compare: a is compared with factor x b
     same: tuple[str, ...] = ()  # run settings (run.json columns) a and b must share
     x: str = "acc"
     y: str = "robust_acc"
@@ -89,9 +98,9 @@ class Claim:
     source: str = ""
 
 
-_SIDE_KEYS = {"method", "width", "lam", "respects_budget"}
+_SIDE_KEYS = {"method", "sum_of", "width", "lam", "respects_budget"}
 _CHECK_KEYS = {
-    "compare": {"kind", "a", "b", "metric", "widths", "relation", "margin", "same"},
+    "compare": {"kind", "a", "b", "metric", "widths", "relation", "margin", "factor", "same"},
     "not_dominated": {"kind", "a", "b", "x", "y", "require"},
 }
 _CLAIM_KEYS = {"id", "text", "checks", "dataset", "split", "source"}
@@ -139,17 +148,25 @@ def _text(value: Any, where: _Where) -> str:
 def _side(value: Any, where: _Where) -> Side:
     if isinstance(value, str):
         value = {"method": value}
-    d = _mapping(value, _SIDE_KEYS, where, ("method",))
+    d = _mapping(value, _SIDE_KEYS, where, ())
+    if ("method" in d) == ("sum_of" in d):
+        raise where.error("a side needs exactly one of 'method' or 'sum_of'")
     width = d.get("width")
     lam = d.get("lam")
     budget = d.get("respects_budget", False)
     if not isinstance(budget, bool):
         raise where.at("respects_budget").error(f"{budget!r} is not true or false")
+    summed: tuple[str, ...] = ()
+    if "sum_of" in d:
+        if not isinstance(d["sum_of"], list) or len(d["sum_of"]) < 2:
+            raise where.at("sum_of").error("expected a list of two or more method names")
+        summed = _names(d["sum_of"], where.at("sum_of"))
     return Side(
-        _text(d["method"], where.at("method")),
+        f"({' + '.join(summed)})" if summed else _text(d["method"], where.at("method")),
         None if width is None else _number(width, where.at("width")),
         None if lam is None else _number(lam, where.at("lam")),
         budget,
+        summed,
     )
 
 
@@ -169,6 +186,8 @@ def _check(value: Any, where: _Where) -> Check:
     if not b or (kind == "compare" and len(b) != 1):
         raise where.at("b").error("compare needs exactly one side b" if b else "b is empty")
     if kind == "not_dominated":
+        if any(side.sum_of for side in (a, *b)):
+            raise where.error("sum_of sides are for compare checks; not_dominated reads points")
         require = d.get("require", "every_point")
         if require not in REQUIRES:
             raise where.at("require").error(f"{require!r}; allowed: {', '.join(REQUIRES)}")
@@ -186,6 +205,9 @@ def _check(value: Any, where: _Where) -> Check:
         margin = _number(margin, where.at("margin"))
         if margin < 0:
             raise where.at("margin").error(f"{margin!r} must be >= 0 (or '{SPREAD}')")
+    factor = _number(d.get("factor", 1.0), where.at("factor"))
+    if not factor > 0:
+        raise where.at("factor").error(f"{factor!r} must be > 0")
     widths = d.get("widths")
     widths = (None,) if widths is None else tuple(
         _number(w, where.at("widths")) for w in (widths if isinstance(widths, list) else [widths])
@@ -198,6 +220,7 @@ def _check(value: Any, where: _Where) -> Check:
         widths=widths,
         relation=relation,
         margin=margin,
+        factor=factor,
         same=_names(d["same"], where.at("same")) if "same" in d else (),
     )
 
@@ -346,8 +369,6 @@ def seed_values(task: pd.DataFrame, side: Side, metric: str, width: float | None
     """Per-seed value of ``metric`` for one side: model-level rows (client empty) if the metric
     has them, else the evaluation's mean over all clients, else the mean of per-client rows; at
     ``width`` if the metric is per width, at ``side.lam`` (default 0) if it has test lambdas."""
-    from splitmix.report.tables import width_label
-
     sel = task[(task["method"] == side.method)]
     if sel.empty:
         raise Missing(f"no rows of {side.method}")
@@ -373,10 +394,22 @@ def seed_values(task: pd.DataFrame, side: Side, metric: str, width: float | None
     return per_client.groupby(["seed", "client"])["value"].mean().groupby("seed").mean()
 
 
+def _added(parts: list[pd.Series]) -> pd.Series:
+    """The sum of per-seed series over the seeds they all have."""
+    seeds = sorted(set.intersection(*(set(p.index) for p in parts)))
+    return sum(p.loc[seeds] for p in parts)
+
+
+def side_values(task: pd.DataFrame, side: Side, metric: str, width: float | None) -> pd.Series:
+    """``seed_values`` of one side; a ``sum_of`` side adds its methods' values seed by seed."""
+    if not side.sum_of:
+        return seed_values(task, side, metric, width)
+    members = [Side(m, side.width, side.lam, side.respects_budget) for m in side.sum_of]
+    return _added([seed_values(task, m, metric, width) for m in members])
+
+
 def _summed(task: pd.DataFrame, side: Side, metrics: tuple[str, ...], width: float | None):
-    parts = [seed_values(task, side, m, width) for m in metrics]
-    seeds = set.intersection(*(set(p.index) for p in parts))
-    return sum(p.loc[sorted(seeds)] for p in parts)
+    return _added([side_values(task, side, m, width) for m in metrics])
 
 
 def _flags_of(flags: pd.DataFrame, task: pd.DataFrame, methods: list[str], seeds) -> list[str]:
@@ -387,13 +420,13 @@ def _flags_of(flags: pd.DataFrame, task: pd.DataFrame, methods: list[str], seeds
     return flagged_runs(flags, keys)
 
 
-def _config(task: pd.DataFrame, method: str, seeds, col: str) -> set[str]:
-    runs = task[(task["method"] == method) & task["seed"].isin(seeds)]
-    return {"" if pd.isna(v) else str(v) for v in runs.groupby("seed")[col].first()}
+def _config(task: pd.DataFrame, side: Side, seeds, col: str) -> set[str]:
+    runs = task[task["method"].isin(side.methods) & task["seed"].isin(seeds)]
+    return {"" if pd.isna(v) else str(v) for v in runs.groupby(["method", "seed"])[col].first()}
 
 
 def _violates(task: pd.DataFrame, side: Side, width: float | None, seeds) -> bool:
-    runs = task[(task["method"] == side.method) & task["seed"].isin(seeds)]
+    runs = task[task["method"].isin(side.methods) & task["seed"].isin(seeds)]
     if width is not None and runs["width"].notna().any():
         runs = runs[_close(runs["width"], width) | runs["width"].isna()]
     return bool(runs["violates_budget"].any())
@@ -401,8 +434,6 @@ def _violates(task: pd.DataFrame, side: Side, width: float | None, seeds) -> boo
 
 # ---- compare ----------------------------------------------------------------------------------
 def _compare(i: int, check: Check, width: float | None, task, flags) -> Part:
-    from splitmix.report.tables import width_label
-
     a, b = check.a, check.b[0]
     wa, wb = (
         (a.width if a.width is not None else width),
@@ -411,19 +442,21 @@ def _compare(i: int, check: Check, width: float | None, task, flags) -> Part:
     metric = "+".join(check.metric)
     label = {w: f" {width_label(w)}" if w is not None else "" for w in (wa, wb)}
     margin_text = "the seed spread" if check.margin == SPREAD else f"{check.margin:g}"
+    scaled = f"{check.factor:g} × " if check.factor != 1.0 else ""
     part = Part(
         i,
         check.kind,
-        f"{a.method}{label[wa]} {check.relation} {b.method}{label[wb]} in {metric} "
+        f"{a.method}{label[wa]} {check.relation} {scaled}{b.method}{label[wb]} in {metric} "
         f"(margin {margin_text})",
         method_a=a.method,
         width_a=math.nan if wa is None else wa,
-        method_b=b.method,
+        method_b=f"{scaled}{b.method}",
         width_b=math.nan if wb is None else wb,
         metric=metric,
     )
     try:
         va, vb = _summed(task, a, check.metric, wa), _summed(task, b, check.metric, wb)
+        vb = vb * check.factor
     except Missing as exc:
         part.reason = str(exc)
         return part
@@ -440,7 +473,7 @@ def _compare(i: int, check: Check, width: float | None, task, flags) -> Part:
     part.difference = part.a_mean - part.b_mean
     part.spread = seed_spread(part.a_std, part.b_std)
     part.margin = part.spread if check.margin == SPREAD else float(check.margin)
-    part.flagged = _flags_of(flags, task, [a.method, b.method], seeds)
+    part.flagged = _flags_of(flags, task, [*a.methods, *b.methods], seeds)
     if reason := _precondition(check, task, seeds, wa, wb):
         part.reason = reason
     elif part.flagged:
@@ -462,8 +495,6 @@ def _flagged_reason(flagged: list[str]) -> str:
 
 def _precondition(check: Check, task, seeds, wa, wb) -> str:
     """Why the runs cannot be compared at all (budget, differing settings), or ''."""
-    from splitmix.report.tables import width_label
-
     for side, w in ((check.a, wa), (check.b[0], wb)):
         if side.respects_budget and _violates(task, side, w, seeds):
             at = f" at {width_label(w)}" if w is not None else ""
@@ -471,8 +502,8 @@ def _precondition(check: Check, task, seeds, wa, wb) -> str:
     for col in check.same:
         if col not in task.columns:
             return f"setting {col!r} is not a run setting the report knows"
-        va = _config(task, check.a.method, seeds, col)
-        vb = _config(task, check.b[0].method, seeds, col)
+        va = _config(task, check.a, seeds, col)
+        vb = _config(task, check.b[0], seeds, col)
         if "" in va | vb:
             return f"{col} of some runs is unknown (no run.json beside their eval.csv)"
         if va != vb or len(va) != 1:
@@ -603,6 +634,8 @@ def fmt_value(metric: str, value: float, *, signed: bool = False, diff: bool = F
     sign = "+" if signed else ""
     if unit == "fraction":
         return f"{100 * value:{sign}.2f} points" if signed or diff else f"{100 * value:.2f}%"
+    if unit.startswith("s/") and abs(value) < 1:  # a latency: milliseconds read better
+        return f"{1e3 * value:{sign}.3g} m{unit}"
     factor, prefix = next((f, p) for f, p in _SI if abs(value) >= f)
     number = f"{value / (factor or 1.0):{sign}.3g}"
     if unit == "count":

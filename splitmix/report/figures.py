@@ -30,6 +30,7 @@ from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import Bbox
 
 from splitmix.report.load import (
+    MACHINE,
     METHOD_ORDER,
     PER_WIDTH,
     RUN_INFO,
@@ -449,18 +450,30 @@ def client_stats(rows: pd.DataFrame) -> list[Result]:
     return out
 
 
-# ---- FLOPs / accuracy trade-off -----------------------------------------------------------------
+# ---- FLOPs / accuracy and latency / accuracy trade-offs ------------------------------------------
 def flops_accuracy(rows: pd.DataFrame) -> list[Result]:
     """Accuracy vs MACs per sample (log x), one line per method over its widths."""
+    clean = rows[~rows["is_at"]]
+    if model_metric(clean, "macs").empty:
+        return _cost_accuracy(rows, "flops_accuracy", "flops", "FLOPs per sample [FLOP]", "FLOPs")
+    return _cost_accuracy(rows, "flops_accuracy", "macs", "MACs per sample [MAC]", "MACs")
+
+
+def latency_accuracy(rows: pd.DataFrame) -> list[Result]:
+    """Accuracy vs measured latency at batch 1 (log x): the FLOPs figure's measured twin."""
+    return _cost_accuracy(
+        rows, "latency_accuracy", "latency_b1", "latency at batch 1 [s per image]", "latency"
+    )
+
+
+def _cost_accuracy(
+    rows: pd.DataFrame, name: str, metric: str, label: str, short: str
+) -> list[Result]:
     acc = clean_acc(rows)
     clean = rows[~rows["is_at"]]
-    cost_metric, cost_label = "macs", "MACs per sample [MAC] (log scale)"
-    cost = model_metric(clean, "macs")
-    if cost.empty:
-        cost_metric, cost_label = "flops", "FLOPs per sample [FLOP] (log scale)"
-        cost = model_metric(clean, "flops")
+    cost = model_metric(clean, metric)
     if acc.empty or cost.empty:
-        return [Skipped("flops_accuracy", "needs test acc and macs/flops rows of non-AT runs")]
+        return [Skipped(name, f"needs test acc and {metric} rows of non-AT runs")]
     keys = [*RUN_KEYS, *RUN_INFO, "width"]
     both = acc.merge(cost.rename(columns={"value": "cost"}), on=keys)
     viol = _violations(clean).rename("viol").reset_index()
@@ -495,26 +508,34 @@ def flops_accuracy(rows: pd.DataFrame) -> list[Result]:
             top.set_xticks(list(shared.values()), [width_label(w) for w in shared])
             top.minorticks_off()
             top.set_xlabel("width (same cost for every method)", fontsize=8)
-        ax.set_xlabel(cost_label)
+        ax.set_xlabel(f"{label} (log scale)")
         ax.set_ylabel(ACC_LABEL)
         handles = [_line(colors[c], c, marker="o") for c in column_order(g)]
         if stats["viol"].any():
             handles.append(_line("0.3", "violates budget", marker="o", ls="none",
                                  markerfacecolor="white"))  # fmt: skip
         _legend(fig, handles, "method")
-        ax.set_title(f"Accuracy vs cost: {dataset} / {split}")
+        ax.set_title(f"Accuracy vs {short}: {dataset} / {split}")
         place_labels(fig, ax, labels)
         out.append(
             Made(
-                _slug("flops_accuracy", dataset, split),
+                _slug(name, dataset, split),
                 fig,
-                f"Test accuracy [%] vs {cost_metric} per sample (log scale) on {dataset}/{split}; "
-                "one point per width, mean ± std over "
-                f"{_seeds_text(stats['n'])}; hollow markers = FedAvg widths that violate the "
+                f"Test accuracy [%] vs {label} (log scale) on {dataset}/{split}"
+                f"{_measured_on(clean, dataset, split, metric)}; one point per width, mean ± std "
+                f"over {_seeds_text(stats['n'])}; hollow markers = FedAvg widths that violate the "
                 "smallest client budget.",
             )
         )
     return out
+
+
+def _measured_on(rows: pd.DataFrame, dataset: str, split: str, metric: str) -> str:
+    """ ", measured on <machine>" for a latency metric (names every machine if several)."""
+    if not metric.startswith("latency"):
+        return ""
+    machines = sorted(set(_task_rows(rows, dataset, split)[MACHINE].dropna().astype(str)))
+    return f", measured on {'; '.join(machines)}" if machines else ""
 
 
 def _shared_costs(stats: pd.DataFrame, rel: float = 0.02) -> dict[float, float]:
@@ -882,6 +903,7 @@ BUILDERS: dict[str, Builder] = {
     "per_domain": per_domain,
     "client_stats": client_stats,
     "flops_accuracy": flops_accuracy,
+    "latency_accuracy": latency_accuracy,
     "ra_sa": ra_sa,
     "joint": joint,
     "budget_distribution": budget_distribution,

@@ -12,6 +12,7 @@ import math
 
 import pandas as pd
 
+from splitmix.report.labels import width_label
 from splitmix.report.load import RUN_KEYS, TEST_ROUND
 
 FLAG_COLUMNS = (*RUN_KEYS, "checked", "flagged", "reason")
@@ -35,8 +36,6 @@ def _value(g: pd.DataFrame, metric: str) -> float:
 
 def _rising(g: pd.DataFrame, run: pd.DataFrame) -> str:
     """The rising flag in words; ``run`` (all rows of the run) gives the number of validations."""
-    from splitmix.report.tables import width_label  # tables imports this module
-
     flag = g[(g["metric"] == "flag_rising") & (g["value"] == 1.0)]
     if flag.empty:
         return ""
@@ -63,8 +62,6 @@ def _rising(g: pd.DataFrame, run: pd.DataFrame) -> str:
 
 
 def _near_chance(g: pd.DataFrame) -> str:
-    from splitmix.report.tables import width_label
-
     flags = g[(g["metric"] == "flag_near_chance") & (g["value"] == 1.0)]
     if flags.empty:
         return ""

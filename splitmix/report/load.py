@@ -27,7 +27,7 @@ import pandas as pd
 
 from splitmix.errors import DataError
 from splitmix.evaluate.rows import COLUMNS as ROW_COLUMNS
-from splitmix.runfolder import EVAL, ONE_RUN_PER_WIDTH, read_record
+from splitmix.runfolder import EVAL, ONE_RUN_PER_WIDTH, read_eval_record, read_record
 
 RUN_KEYS = ("dataset", "split", "method", "seed")
 TASK_KEYS = ("dataset", "split")
@@ -52,6 +52,10 @@ CONFIG_COLUMNS = (
     "run_violates_budget",
     PER_WIDTH,
 )
+# Joined from the evaluation record eval.json (NaN where a file has none): what its latencies were
+# measured on, e.g. "AMD EPYC, 2 cores (cpu, 1 thread)".
+MACHINE = "latency_machine"
+EVAL_COLUMNS = (MACHINE,)
 _EPS = 1e-9
 
 
@@ -111,6 +115,17 @@ def run_config_columns(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def machine_label(record: dict[str, Any] | None) -> str | float:
+    """``"<machine> (<device>, <n> thread(s))"`` of an evaluation record; NaN without one."""
+    if not record or not record.get("machine"):
+        return np.nan
+    threads = record.get("threads")
+    where = record.get("device", "?")
+    if threads is not None:
+        where += f", {threads} thread{'s' if int(threads) != 1 else ''}"
+    return f"{record['machine']} ({where})"
+
+
 def one_run_per_width(desc: dict[str, Any]) -> bool:
     """Whether the record's ``algorithm`` entry is that of a method training one width per run:
     its recorded capability, or for older records the per-width budget fact (module docstring)."""
@@ -159,6 +174,7 @@ def load_rows(patterns: str | list[str]) -> pd.DataFrame:
         for key in CONFIG_COLUMNS:
             value = cols.get(key)
             df[key] = np.nan if value is None else value
+        df[MACHINE] = machine_label(read_eval_record(path))
         df["source"] = str(path)
         frames.append(df)
     if not frames:
@@ -197,7 +213,7 @@ def add_derived(rows: pd.DataFrame) -> pd.DataFrame:
     """Columns every table/figure needs: one run per width (False without a record), method
     order, min budget fallback, budget violation, AT flag."""
     rows = rows.copy()
-    for key in CONFIG_COLUMNS:
+    for key in (*CONFIG_COLUMNS, *EVAL_COLUMNS):
         if key not in rows.columns:
             rows[key] = np.nan
     rows[PER_WIDTH] = [not _is_nan(v) and v is not None and bool(v) for v in rows[PER_WIDTH]]

@@ -26,6 +26,8 @@ METHOD_GAIN = {"fedavg": 0.0, "heterofl": -0.03, "sheterofl": -0.01, "splitmix":
 BASE_MACS = {"digits": 6.0e6, "cifar10": 5.6e8}  # full-width MACs per sample
 BASE_PARAMS = {"digits": 8.8e5, "cifar10": 1.1e7}
 ROUNDS = 6
+LATENCY_PER_MAC = 2e-10  # seconds per sample per MAC at the larger batch
+MACHINE = "Test CPU, 2 cores"
 COLUMNS = (
     "dataset",
     "split",
@@ -70,6 +72,9 @@ class Spec:
     # run.json's algorithm.one_run_per_width; None = the registered method's (False if unknown)
     one_run_per_width: bool | None = None
     legacy_record: bool = False  # a record of before one_run_per_width and resolved params
+    latency_scale: float = 1.0  # latency relative to LATENCY_PER_MAC x MACs
+    storage_scale: float = 1.0  # serve_all_bytes relative to the widest model's state bytes
+    machine: str | None = MACHINE  # eval.json's machine; None = write no eval.json
 
     @property
     def split(self) -> str:
@@ -192,14 +197,27 @@ def rows_for(spec: Spec) -> pd.DataFrame:
                 rows += _client_rows(spec, metric, list(vals), "fraction", width=width, lam=lam)
         macs = BASE_MACS[spec.dataset] * width**2 * spec.cost_scale
         params = BASE_PARAMS[spec.dataset] * width**2
+        latency = LATENCY_PER_MAC * macs * spec.latency_scale
         for metric, value, unit in (
             ("macs", macs, "MAC/sample"),
             ("flops", 2 * macs, "FLOP/sample"),
             ("params", params, "count"),
             ("state_numel", params * 1.01, "count"),
             ("model_bytes", 4 * params * 1.01, "B"),
+            ("export_bytes", 4 * params * 1.01 + 5e3, "B"),
+            ("latency_b1", latency * 3, "s/sample"),
+            ("latency_bn", latency, "s/sample"),
+            ("latency_b1_plain", latency * 4, "s/sample"),
+            ("latency_bn_plain", latency * 1.5, "s/sample"),
         ):
             rows.append(_row(spec, width=width, metric=metric, value=value, unit=unit))
+    stored = 4 * BASE_PARAMS[spec.dataset] * max(spec.widths) ** 2 * 1.01 * spec.storage_scale
+    for metric, value, unit in (
+        ("serve_all_bytes", stored, "B"),
+        ("latency_batch", 32, "count"),
+        ("latency_threads", 1, "count"),
+    ):
+        rows.append(_row(spec, metric=metric, value=value, unit=unit))
     trained = [max(spec.widths) if spec.per_width else b for b in budgets_of(spec)]
     nbytes = [4 * BASE_PARAMS[spec.dataset] * w**2 * spec.bytes_scale for w in trained]
     rows += _client_rows(spec, "bytes_down_per_round", nbytes, "B")
@@ -283,6 +301,9 @@ def write_runs(root: Path, specs: list[Spec]) -> pd.DataFrame:
         df.to_csv(out / "eval.csv", index=False)
         if spec.record:
             (out / "run.json").write_text(json.dumps(record_for(spec), indent=2))
+        if spec.machine is not None:
+            record = {"machine": spec.machine, "device": "cpu", "threads": 1, "latency_batch": 32}
+            (out / "eval.json").write_text(json.dumps(record))
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
 
@@ -341,3 +362,22 @@ def variant_specs(dataset: str = "digits", seeds=(1, 2)) -> list[Spec]:
                          method_params={"rescale_init": ri, "rescale_layer": True})
                 )  # fmt: skip
     return specs
+
+
+def markdown_cells(md: str, task: str | None = None) -> dict[tuple[str, str], dict[str, str]]:
+    """Table 1's Markdown as (width label, method) -> {header: cell} for the main table of
+    ``task`` ("dataset / split"; the first task when None)."""
+    sections = md.split("\n## ")[1:]
+    section = next(s for s in sections if task is None or s.startswith(task))
+    lines = [x for x in section.splitlines() if x.startswith("| Width |")]
+    start = section.splitlines().index(lines[0])
+    body = section.splitlines()[start:]
+    header = [c.strip() for c in body[0].strip("|").split("|")]
+    out = {}
+    for line in body[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        row = dict(zip(header, cells, strict=True))
+        out[(row["Width"], row["Method"])] = row
+    return out

@@ -48,7 +48,15 @@ ACC = {
     "splitmix_dbn": {w: (0.90, 0.90) for w in WIDTHS},
     # AT FedAvg, lambda 0.5: (SA, RA) = (0.80, 0.325), below the dual-BN curve
     "fedavg_x0.125_at": {0.125: (0.80, 0.80)},
+    # the rest of FedAvg's set of widths (claim f adds up their storage)
+    "fedavg_x0.25": {0.25: (0.80, 0.80)},
+    "fedavg_x0.5": {0.5: (0.81, 0.81)},
+    "fedavg_x1": {1.0: (0.82, 0.82)},
 }
+CLAIMS = "abcdefg"
+# synthetic.py: a model's state is 4 B x 1.01 x 8.8e5 x width^2, latency 2e-10 s per MAC (x3 at
+# batch 1), 6e6 MACs at full width
+STATE = 4 * 1.01 * 8.8e5
 
 
 def specs(acc=ACC, seeds=(1, 2), **over) -> list[Spec]:
@@ -64,7 +72,7 @@ def specs(acc=ACC, seeds=(1, 2), **over) -> list[Spec]:
                 "flags": True,
             }
             if algorithm == "splitmix":  # cheaper than dense models: w/atom bases of width 1/8
-                kw |= {"cost_scale": 0.5, "bytes_scale": 0.5}
+                kw |= {"cost_scale": 0.5, "bytes_scale": 0.5, "storage_scale": 0.125}
             if method == "splitmix_dbn":
                 kw |= {"train_lam": 0.5, "bn": "tracked", "test_lams": DBN_LAMS, "robust": True}
             if method.endswith("_at"):
@@ -83,7 +91,7 @@ def verdicts(tmp_path: Path, runs: list[Spec], claims: dict | None = None):
 
 def test_every_claim_holds_on_rows_where_the_paper_is_right(tmp_path):
     got = verdicts(tmp_path, specs())
-    assert {k: v.verdict for k, v in got.items()} == dict.fromkeys("abcde", HELD)
+    assert {k: v.verdict for k, v in got.items()} == dict.fromkeys(CLAIMS, HELD)
     a = got["a"].parts
     assert [(p.width_a, p.verdict) for p in a] == [(w, HELD) for w in WIDTHS]
     x18 = a[0]  # -1 point, inside the seed spread: the larger std, std(0.79, 0.85) = 0.0424
@@ -106,6 +114,14 @@ def test_every_claim_holds_on_rows_where_the_paper_is_right(tmp_path):
     e = got["e"].parts[0]
     assert e.verdict == HELD and "fedavg_x0.125_at (80.00%, 32.50%)" in e.reason
     assert "splitmix_dbn λ=1 (82.00%, 50.00%): not dominated" in e.reason
+    f = got["f"].parts  # eight bases of 1/8 (1/8 of the full state) vs the widest model ...
+    assert (f[0].a_mean, f[0].b_mean) == (pytest.approx(STATE / 8), pytest.approx(STATE))
+    # ... and vs half of FedAvg's four models, one per width
+    fedavg = STATE * sum(w**2 for w in WIDTHS)
+    assert f[1].b_mean == pytest.approx(0.5 * fedavg) and f[1].method_b.startswith("0.5 × (")
+    g = got["g"].parts  # half the MACs: half the latency, at batch 1 (x3) and at batch 32
+    assert (g[0].a_mean, g[0].b_mean) == (pytest.approx(3 * 2e-10 * 3e6), pytest.approx(3.6e-3))
+    assert (g[1].a_mean, g[1].b_mean) == (pytest.approx(2e-10 * 3e6), pytest.approx(1.2e-3))
 
 
 def test_each_claim_fails_on_rows_where_the_paper_is_wrong(tmp_path):
@@ -113,9 +129,11 @@ def test_each_claim_fails_on_rows_where_the_paper_is_wrong(tmp_path):
     acc["splitmix"][0.5] = (0.80, 0.82)  # 5 points below SHeteroFL's 0.86, spread 1.41
     acc["splitmix"][1.0] = (0.77, 0.79)  # below SHeteroFL and below FedAvg x1/8
     acc["fedavg_x0.125_at"] = {0.125: (0.95, 0.95)}  # (0.95, 0.325) dominates lambda 0 and 0.5
-    cheap = {"cost_scale": 1.0, "bytes_scale": 2.0}
+    cheap = {"cost_scale": 1.0, "bytes_scale": 2.0, "storage_scale": 1.5, "latency_scale": 3.0}
     got = verdicts(tmp_path, specs(acc, splitmix=cheap))
-    assert {k: v.verdict for k, v in got.items()} == dict.fromkeys("abcde", NOT_HELD)
+    assert {k: v.verdict for k, v in got.items()} == dict.fromkeys(CLAIMS, NOT_HELD)
+    assert [p.verdict for p in got["f"].parts] == [NOT_HELD, NOT_HELD]  # 1.5x the widest model
+    assert got["g"].parts[0].difference == pytest.approx(3 * 2e-10 * 6e6 * 2)
     a = {p.width_a: p for p in got["a"].parts}
     assert [a[w].verdict for w in WIDTHS] == [HELD, HELD, NOT_HELD, NOT_HELD]
     assert a[0.5].difference == pytest.approx(-0.05)
@@ -207,26 +225,27 @@ def test_claims_are_checked_per_matching_task(tmp_path):
     rows = load_rows(str(tmp_path / GLOB))
     found = check_claims(rows, parse_claims(repo_claims("*"), Path("c.yaml")))
     assert [(v.claim.id, v.dataset) for v in found] == [
-        (c, d) for c in "abcde" for d in ("cifar10", "digits")
+        (c, d) for c in CLAIMS for d in ("cifar10", "digits")
     ]
     assert {v.verdict for v in found} == {HELD}
 
 
 def _same(s: Spec) -> dict:
     keys = ("acc", "curve", "flags", "cost_scale", "bytes_scale", "train_lam", "bn", "test_lams",
-            "robust")  # fmt: skip
+            "robust", "storage_scale", "latency_scale")  # fmt: skip
     return {k: getattr(s, k) for k in keys}
 
 
 # ---- the claims file -----------------------------------------------------------------------
 def test_the_repository_claims_files_parse():
     claims = read_claims(REPO / "config" / "claims.yaml")
-    assert [c.id for c in claims] == list("abcde")
+    assert [c.id for c in claims] == list(CLAIMS)
     assert {ch.kind for c in claims for ch in c.checks} == {"compare", "not_dominated"}
-    paper = read_claims(REPO / "config" / "claims-paper.yaml")
-    assert [(c.id, c.dataset) for c in paper][-2:] == [("e-domainnet", "domainnet"),
-                                                      ("e-cifar10", "cifar10")]  # fmt: skip
-    assert len(paper[-1].checks[0].b) == 4
+    paper = {c.id: c for c in read_claims(REPO / "config" / "claims-paper.yaml")}
+    assert list(paper) == ["a", "b", "c", "d", "e-domainnet", "e-cifar10", "f", "g"]
+    assert (paper["e-domainnet"].dataset, paper["e-cifar10"].dataset) == ("domainnet", "cifar10")
+    assert len(paper["e-cifar10"].checks[0].b) == 4
+    assert paper["f"].checks[1].b[0].sum_of == claims[5].checks[1].b[0].sum_of
 
 
 @pytest.mark.parametrize(
@@ -235,14 +254,14 @@ def test_the_repository_claims_files_parse():
         (lambda d: d["claims"][0]["checks"][0].update(kind="greater"),
          "at claims[0].checks[0].kind: 'greater' is not a check kind; allowed: compare"),
         (lambda d: d["claims"][0]["checks"][0].update(relaton="above"),
-         "at claims[0].checks[0]: unknown key 'relaton'; allowed: a, b, kind, margin"),
+         "at claims[0].checks[0]: unknown key 'relaton'; allowed: a, b, factor, kind, margin"),
         (lambda d: d["claims"][0]["checks"][1].update(relation="over"),
          "at claims[0].checks[1].relation: 'over' is not a relation; allowed: above, below"),
         (lambda d: d["claims"][0]["checks"][0].update(margin=-1),
          "at claims[0].checks[0].margin: -1.0 must be >= 0 (or 'spread')"),
         (lambda d: d["claims"][2].update(id="a"), "at claims[2].id: duplicate id 'a'"),
         (lambda d: d["claims"][1]["checks"][0]["a"].pop("method"),
-         "at claims[1].checks[0].a: missing key 'method'"),
+         "at claims[1].checks[0].a: a side needs exactly one of 'method' or 'sum_of'"),
         (lambda d: d["claims"][4]["checks"][0].update(require="most"),
          "at claims[4].checks[0].require: 'most'; allowed: every_point, some_point"),
     ],
@@ -275,8 +294,8 @@ def test_report_writes_claims_files_and_the_summary(tmp_path):
     out = tmp_path / "fig"
     report = make_report(str(tmp_path / GLOB), out, ("png",), only=["participation"], claims=claims)
     assert report.summary == [
-        f"claims: 5 held, 0 not held, 0 not testable -> {out / 'claims.md'}",
-        f"under-trained: 0 of 10 runs flagged -> {out / 'table1.md'}",
+        f"claims: 7 held, 0 not held, 0 not testable -> {out / 'claims.md'}",
+        f"under-trained: 0 of 16 runs flagged -> {out / 'table1.md'}",
     ]
     assert (out / "summary.txt").read_text() == "\n".join(report.summary) + "\n"
     md = (out / "claims.md").read_text()
@@ -287,8 +306,8 @@ def test_report_writes_claims_files_and_the_summary(tmp_path):
     )
     csv = (out / "claims.csv").read_text().splitlines()
     assert csv[0].startswith("claim,dataset,split,claim_verdict,check,kind,description,")
-    assert len(csv) == 1 + 4 + 1 + 1 + 1 + 1  # a has one row per width
-    assert "claims: 5 held, 0 not held, 0 not testable" in (out / "claims.rst").read_text()
+    assert len(csv) == 1 + 4 + 1 + 1 + 1 + 1 + 2 + 2  # a has one row per width, f and g two checks
+    assert "claims: 7 held, 0 not held, 0 not testable" in (out / "claims.rst").read_text()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["tables"][1]["files"] == ["claims.md", "claims.csv"]
     assert manifest["summary"] == report.summary
@@ -296,7 +315,7 @@ def test_report_writes_claims_files_and_the_summary(tmp_path):
     report = make_report(str(tmp_path / GLOB), out, ("png",), only=["participation"], claims=None)
     assert not (out / "claims.md").exists() and not (out / "claims.csv").exists()
     assert not (out / "claims.rst").exists() and (out / "table1.rst").exists()
-    assert (out / "summary.txt").read_text().startswith("under-trained: 0 of 10 runs flagged")
+    assert (out / "summary.txt").read_text().startswith("under-trained: 0 of 16 runs flagged")
 
 
 def test_flagged_runs_are_listed_in_the_claims_file(tmp_path):
@@ -329,4 +348,4 @@ def test_cli_reports_a_missing_claims_file_in_one_line_and_exits_2(tmp_path, cap
         cli_main([*args, "--claims", "none", "--formats", "png"])
     assert exc.value.code == 0
     printed = capsys.readouterr().out
-    assert "claims:" not in printed and "under-trained: 0 of 10 runs flagged" in printed
+    assert "claims:" not in printed and "under-trained: 0 of 16 runs flagged" in printed

@@ -23,6 +23,7 @@ from .synthetic import (
     Spec,
     at_specs,
     main_specs,
+    markdown_cells,
     run_dir,
     variant_specs,
     write_runs,
@@ -99,12 +100,14 @@ def test_markdown_and_latex_list_every_method_and_width(grid):
     _, _, rows = grid
     table = build_table1(reference_methods(rows)[0])
     md, tex = to_markdown(table), to_latex(table)
+    cells = markdown_cells(md)
     for col in ("fedavg", "sheterofl", "splitmix"):
-        assert f"{col} acc [%]" in md
-        assert re.search(rf"Width & .*\b{col}\b", tex)
-    for w in WIDTHS:
-        assert f"| {width_label(w)} |" in md
-        assert f"{width_label(w, tex=True)} &" in tex
+        for w in WIDTHS:
+            assert (width_label(w), col) in cells
+            assert re.search(rf"{re.escape(width_label(w, tex=True))} & {col} &", tex)
+    # a width's rows, in the column order: the one-run-per-width family first
+    order = [m for (w, m) in cells if w == width_label(0.125)]
+    assert order == ["fedavg", "sheterofl", "splitmix"]
 
 
 def _expected_mark(sub: pd.DataFrame) -> dict[str, str]:
@@ -135,9 +138,9 @@ def test_bold_and_tie_marks_follow_the_seed_spread_rule(grid):
         got = {c: m for c, m in zip(sub["column"], sub["mark"], strict=True) if m}
         assert got == expected, w
         seen |= set(expected.values())
-        line = next(x for x in md.splitlines() if x.startswith(f"| {width_label(w)} |"))
-        cells = [c.strip() for c in line.strip("|").split("|")][1 : 1 + len(cols)]
-        for col, cell in zip(cols, cells, strict=True):
+        cells = markdown_cells(md)
+        for col in cols:
+            cell = cells[(width_label(w), col)]["Acc [%]"]
             assert cell.startswith("**") == (expected.get(col) == "best"), (w, col)
             assert ("≈" in cell) == (expected.get(col) == "tie"), (w, col)
     assert seen == {"best", "tie"}  # this grid has both kinds of rows
@@ -157,7 +160,9 @@ def test_a_lead_larger_than_the_spread_is_bold_and_a_smaller_one_is_a_tie(tmp_pa
     write_runs(tmp_path, _two_seed_specs({"splitmix": (0.80, 0.82), "sheterofl": (0.70, 0.72)}))
     table = build_table1(load_rows(str(tmp_path / GLOB))).set_index("column")
     assert table["mark"].to_dict() == {"sheterofl": "", "splitmix": "best"}
-    assert "| 71.00 ± 1.41 | **81.00 ± 1.41** |" in to_markdown(table.reset_index())
+    cells = markdown_cells(to_markdown(table.reset_index()))
+    assert cells[("×1/8", "sheterofl")]["Acc [%]"] == "71.00 ± 1.41"
+    assert cells[("×1/8", "splitmix")]["Acc [%]"] == "**81.00 ± 1.41**"
     # heterofl 79/81: 1 point behind, inside the spread 1.41 -> both tied, nothing bold
     write_runs(tmp_path, _two_seed_specs({"heterofl": (0.79, 0.81)}))
     table = build_table1(load_rows(str(tmp_path / GLOB)))
@@ -165,7 +170,9 @@ def test_a_lead_larger_than_the_spread_is_bold_and_a_smaller_one_is_a_tie(tmp_pa
     assert marks == {"heterofl": "tie", "sheterofl": "", "splitmix": "tie"}
     md = to_markdown(table)
     assert "**" not in md.split("## ")[1]
-    assert "| 80.00 ± 1.41 ≈ | 71.00 ± 1.41 | 81.00 ± 1.41 ≈ |" in md
+    accs = {m: c["Acc [%]"] for (_, m), c in markdown_cells(md).items()}
+    assert accs == {"heterofl": "80.00 ± 1.41 ≈", "sheterofl": "71.00 ± 1.41",
+                    "splitmix": "81.00 ± 1.41 ≈"}  # fmt: skip
     assert "81.00 $\\pm$ 1.41 $\\approx$" in to_latex(table) and "textbf" not in to_latex(table)
 
 
@@ -190,7 +197,9 @@ def test_under_trained_cells_carry_a_double_dagger_and_the_reason(tmp_path):
     assert "seed 2: validation accuracy still rising at ×1/8: +" in reasons
     assert reasons.endswith("best of the last 3 validations vs the 3 before (margin 2 points)")
     md = to_markdown(table.reset_index())
-    assert "| 21.00 ± 12.73 ‡ | **81.00 ± 1.41** |" in md  # flagged cells still compete
+    cells = markdown_cells(md)  # flagged cells still compete
+    assert cells[("×1/8", "sheterofl")]["Acc [%]"] == "21.00 ± 12.73 ‡"
+    assert cells[("×1/8", "splitmix")]["Acc [%]"] == "**81.00 ± 1.41**"
     notes = md.split("‡ Under-trained runs:")[1]
     assert notes.strip().startswith(f"- sheterofl: {reasons}")
     assert md.count("‡") == 1 + 1 + 1  # legend, the cell, the notes heading
