@@ -439,5 +439,7 @@ def test_a_few_rounds_learn_above_chance_fused_or_not(tmp_path):
             assert (log[col].diff().dropna() < 0).all(), col
         logs.append(log)
     cols = [c for c in logs[0].columns if c.startswith(("val_", "train_loss", "bytes"))]
-    # not bitwise: ~1e-7 summation-order differences may tip an activation across a ReLU kink
-    pd.testing.assert_frame_equal(logs[0][cols], logs[1][cols], rtol=1e-3)
+    # not bitwise: ~1e-7 summation-order differences may tip an activation across a ReLU kink,
+    # and three rounds of SGD amplify them (0.2% in a validation loss on an AMD EPYC machine,
+    # under 0.1% on another); tests/fl/test_fused.py checks one step to 1e-6
+    pd.testing.assert_frame_equal(logs[0][cols], logs[1][cols], rtol=1e-2)
