@@ -42,12 +42,17 @@ from splitmix.models.files import (
 )
 from splitmix.models.serving import uses_batch_statistics
 
-RTOL = 1e-4  # |exported - in-suite| <= RTOL * max(1, max |in-suite logit|)
+RTOL = 2e-3  # |exported - in-suite| <= RTOL * max(1, max |in-suite logit|)
 
 
 def tolerance(reference: torch.Tensor) -> float:
-    """The largest logit difference an export may show against the in-suite model: float32
-    arithmetic in another order (another runtime, fused kernels) moves logits by ~1e-6 relative."""
+    """The largest logit difference an export may show against the in-suite model.
+
+    Float32 arithmetic in another order (another runtime, fused kernels) moves logits by ~2e-6
+    relative for models with running BN statistics, but by up to ~5e-4 for batch-statistics BN,
+    whose variance of a nearly constant channel is badly conditioned in float32: PyTorch's own
+    two-pass variance moves them as much as ONNX Runtime does (measured on the CI grid). A wrong
+    export (another width, lambda or a lost layer) moves them by 1e-1 and more."""
     return RTOL * max(1.0, float(reference.abs().max()))
 
 

@@ -462,18 +462,20 @@ def flops_accuracy(rows: pd.DataFrame) -> list[Result]:
 def latency_accuracy(rows: pd.DataFrame) -> list[Result]:
     """Accuracy vs measured latency at batch 1 (log x): the FLOPs figure's measured twin."""
     return _cost_accuracy(
-        rows, "latency_accuracy", "latency_b1", "latency at batch 1 [s per image]", "latency"
-    )
+        rows, "latency_accuracy", "latency_b1", "latency at batch 1 [ms per image]", "latency",
+        scale=1e3,
+    )  # fmt: skip
 
 
 def _cost_accuracy(
-    rows: pd.DataFrame, name: str, metric: str, label: str, short: str
+    rows: pd.DataFrame, name: str, metric: str, label: str, short: str, scale: float = 1.0
 ) -> list[Result]:
     acc = clean_acc(rows)
     clean = rows[~rows["is_at"]]
     cost = model_metric(clean, metric)
     if acc.empty or cost.empty:
         return [Skipped(name, f"needs test acc and {metric} rows of non-AT runs")]
+    cost["value"] *= scale
     keys = [*RUN_KEYS, *RUN_INFO, "width"]
     both = acc.merge(cost.rename(columns={"value": "cost"}), on=keys)
     viol = _violations(clean).rename("viol").reset_index()

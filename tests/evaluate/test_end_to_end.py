@@ -8,6 +8,7 @@ evaluation, exactly as ``run_training(..., federation=)`` allows.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 
@@ -289,3 +290,38 @@ def test_cli_rejects_a_bad_width_list():
 
     with pytest.raises(ConfigError, match="--widths '0.5,x' is not a comma-separated list"):
         cli.parse_floats("0.5,x", "widths")
+
+
+def test_cli_rejects_a_latency_batch_below_one(tmp_path):
+    from splitmix.errors import ConfigError
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(["evaluate", "--run", str(tmp_path), "--latency-batch", "0"])
+    with pytest.raises(ConfigError, match=re.escape("--latency-batch 0 must be >= 1, e.g. 32")):
+        cli.run(args)
+
+
+def test_deployment_rows_of_every_width(trained):
+    """Storage and latency rows: the exported file holds the width's state (plus a few kB of
+    TorchScript code), serving every width stores what the method's hook counts, and every
+    latency is a positive time measured with the rows' thread count."""
+    run_dir, federation = trained("splitmix")
+    df = evaluate_run(run_dir, EvalOptions(attack=False), federation=federation)
+    run = restore_run(run_dir, federation=federation)
+    model = df[(df["round"] == -1) & (df["client"] == "")]
+    for w in WIDTHS:
+        at = model[model["width"] == w].set_index("metric")["value"]
+        assert 0 < at["export_bytes"] - at["model_bytes"] < 200_000, w
+        for name in ("latency_b1", "latency_bn", "latency_b1_plain", "latency_bn_plain"):
+            assert 0 < at[name] < 1.0, (w, name)
+    level = model[model["width"].isna()].set_index("metric")["value"]
+    alg = run.algorithm
+    assert level["serve_all_bytes"] == alg.storage_nbytes(alg.deploy_widths())
+    assert (
+        level["serve_all_bytes"]
+        == model[model["width"] == 1.0].set_index("metric").loc["model_bytes", "value"]
+    )  # the x1 model is all eight bases
+    assert (level["latency_batch"], level["latency_threads"]) == (32, 1)
+    record = json.loads((run_dir / "eval.json").read_text())
+    assert record["device"] == "cpu" and record["threads"] == 1 and record["machine"]

@@ -149,3 +149,25 @@ def test_pgd_rows_without_adversarial_training_give_no_robustness_figures(tmp_pa
     ]
     table = pd.read_csv(tmp_path / "f" / "table1.csv")
     assert set(table["column"]) == {"fedavg", "sheterofl", "splitmix"}
+
+
+def test_latency_figure_names_its_machine_and_is_skipped_without_latency_rows(tmp_path):
+    specs = main_specs(("digits",), seeds=(1,))
+    write_runs(tmp_path / "with", specs)
+    report = make_report(str(tmp_path / "with" / GLOB), tmp_path / "f", ("png",),
+                         only=["latency_accuracy"])  # fmt: skip
+    (name, _, caption) = report.made[0]
+    assert name == "latency_accuracy_digits_feature"
+    assert "latency at batch 1 [ms per image]" in caption
+    assert "measured on Test CPU, 2 cores (cpu, 1 thread)" in caption
+    rows = write_runs(tmp_path / "without", specs)
+    for path in (tmp_path / "without" / "results").rglob("eval.csv"):
+        df = pd.read_csv(path)
+        df[~df["metric"].str.startswith("latency")].to_csv(path, index=False)
+    assert rows["metric"].str.startswith("latency").any()
+    report = make_report(str(tmp_path / "without" / GLOB), tmp_path / "g", ("png",),
+                         only=["latency_accuracy"])  # fmt: skip
+    assert report.made == []
+    assert report.skipped == [
+        ("latency_accuracy", "needs test acc and latency_b1 rows of non-AT runs")
+    ]
