@@ -16,7 +16,8 @@ import torch
 from splitmix.config import RunConfig
 from splitmix.data.clients import Client, Federation
 from splitmix.fl.algorithm import Algorithm
-from splitmix.fl.engine import batches, build_algorithm, local_steps, make_generator
+from splitmix.fl.engine import batches, local_steps, make_generator
+from splitmix.methods import build_algorithm
 
 
 def synthetic_digits(

@@ -32,6 +32,7 @@ from _common import synthetic_digits
 from splitmix.config import RunConfig, run_config_from_dict
 from splitmix.data.clients import Federation
 from splitmix.fl.engine import TrainingRun, make_generator
+from splitmix.training import training_run
 
 
 def bench_config(width: float, batching: bool, args: argparse.Namespace, device: str) -> RunConfig:
@@ -60,7 +61,7 @@ def bench_config(width: float, batching: bool, args: argparse.Namespace, device:
 
 
 def make_run(cfg: RunConfig, fed: Federation, out: Path) -> TrainingRun:
-    run = TrainingRun(cfg, out, fed, progress=False)
+    run = training_run(cfg, out, fed)
     run.algorithm.init_global(make_generator(cfg.seed, "init", torch.device("cpu")))
     return run
 

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from splitmix.evaluate.fast import inference_model
 from splitmix.evaluate.latency import LatencyRule, machine_name, seconds_per_sample
 from splitmix.models import build_model
+from splitmix.models.fast import inference_model
 from splitmix.models.files import runner, to_bytes
 from splitmix.models.serving import freeze_batch_norm
 from splitmix.splitmix.ensemble import build_ensemble

@@ -4,7 +4,7 @@ PGD on digits-mini takes less than the training of that run").
 
 Part ``kernels``: one PGD step's work (forward + input gradient) on a Split-Mix ensemble of k
 DigitModel bases at atom 1/8 and batch 125 (a digits-mini client's test set), plain (the assembled
-``Ensemble`` in NCHW) against ``evaluate.fast.inference_model`` (channels-last, fused bases).
+``Ensemble`` in NCHW) against ``models.fast.inference_model`` (channels-last, fused bases).
 Interleaved repeats, median per side; prints ``k=4: plain X ms, fast Y ms, speedup Z.ZZx``.
 
 Part ``run``: trains a quick-profile method (``--method``, default ``splitmix``) on digits-mini
@@ -69,7 +69,7 @@ def kernels(ks: list[int], norm: str, batch: int, repeats: int) -> None:
 def run(method: str, steps: list[int], workdir: Path) -> None:
     from splitmix.evaluate.run import EvalOptions, evaluate_run
     from splitmix.experiment import load_experiment, resolve_run
-    from splitmix.fl.engine import run_training
+    from splitmix.training import run_training
 
     exp = load_experiment(REPO / "config" / "config.yaml")
     cfg = resolve_run(exp, "digits-mini", "feature", method, 1)

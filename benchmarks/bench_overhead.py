@@ -31,8 +31,9 @@ from _common import client_batches, initial_state, synthetic_digits
 
 from splitmix.config import RunConfig, run_config_from_dict
 from splitmix.data.clients import Federation
-from splitmix.fl.engine import local_steps, run_training
+from splitmix.fl.engine import local_steps
 from splitmix.fl.schedule import lr_at
+from splitmix.training import run_training
 
 
 def bench_config(args: argparse.Namespace) -> RunConfig:

@@ -97,11 +97,12 @@ from torch import nn
 from splitmix.config import AdvConfig, RunConfig
 from splitmix.data.clients import Client, Federation
 from splitmix.fl.algorithm import Algorithm, Task
-from splitmix.fl.engine import batch_spans, derived_seed, run_training
+from splitmix.fl.engine import batch_spans, derived_seed
 from splitmix.fl.sampling import sample_clients
 from splitmix.fl.schedule import lr_at
 from splitmix.models import prefix_blocks, set_bn_mode
 from splitmix.seeding import rng
+from splitmix.training import run_training
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "config" / "paper.yaml"

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from splitmix.version import __version__
+
+__all__ = ["__version__", "load_run"]
 
 if TYPE_CHECKING:
     from splitmix.deploy.run import TrainedRun

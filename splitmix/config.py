@@ -8,8 +8,12 @@ what produced it.
 
 Values are checked once, on the resolved run, by ``validate_run``: the value rules of the packaged
 JSON schema plus what a schema cannot express (participation <= the number of clients, a device
-this torch can use, the method's own parameters). The CLI and the workflow both call it (through
+this torch can use). The CLI and the workflow both call it (through
 ``splitmix.experiment.resolve_run``), so a value is refused the same way wherever it was set.
+
+This module knows no method. A method's parameters (their defaults and value rules) are declared
+on its class; the discovery layer above (``splitmix.methods``: ``resolve_params``,
+``check_params``) fills in the defaults and checks the values, handing this layer plain data.
 """
 
 from __future__ import annotations
@@ -109,12 +113,6 @@ class RunConfig:
     # off = the sequential reference loop
     client_batching: bool = False
 
-    def __post_init__(self) -> None:
-        # The method's declared defaults under the given values: the config hash and run.json
-        # then cover every parameter the run used, so a changed default is a changed config.
-        resolved = resolve_method_params(self.algorithm, self.method_params)
-        object.__setattr__(self, "method_params", resolved)
-
     @property
     def val_batch(self) -> int:
         """Batch size of validation (per-round selection, Split-Mix base sorting): the original
@@ -136,30 +134,6 @@ class RunConfig:
 
 
 _NESTED = {"split_config": SplitConfig, "adv": AdvConfig}
-
-
-def algorithm_class(name: str) -> type[Any]:
-    """The registered method class ``name`` (``ConfigError`` if none): the one place this module
-    reaches the method registry, imported lazily (the registry imports torch and this module)."""
-    from splitmix.methods import get_algorithm
-
-    return get_algorithm(name)
-
-
-def resolve_method_params(algorithm: str, given: Any) -> Any:
-    """``given`` method params over the algorithm's declared defaults (``params``).
-
-    An unknown algorithm or a ``given`` that is not a mapping is returned as it is, for
-    ``validate_run`` to refuse by name. Applying it again changes nothing, so a config read back
-    from run.json or a workflow's per-run file resolves to the same values and the same hash.
-    """
-    if not isinstance(given, dict):
-        return given
-    try:
-        declared = algorithm_class(algorithm).params
-    except ConfigError:
-        return dict(given)
-    return {**declared, **given}
 
 
 def _numeric_kind(hint: Any) -> type | None:
@@ -215,17 +189,18 @@ class InvalidValue(ConfigError):
     """A value of a resolved run breaks a rule; the message is complete (it names its source)."""
 
 
-def _fail(source: str, where: str, message: str) -> InvalidValue:
+def fail(source: str, where: str, message: str) -> InvalidValue:
+    """The one-line error of a bad value at ``where`` (a key path) of config ``source``."""
     origin = f" in {source}" if source else ""
     return InvalidValue(f"config error{origin} at {where}: {message}")
 
 
-def _plain(value: Any) -> Any:
+def as_json(value: Any) -> Any:
     """``value`` with tuples as lists: JSON schema knows arrays only as lists."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: as_json(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
+        return [as_json(v) for v in value]
     return value
 
 
@@ -234,7 +209,7 @@ def _check_schema(cfg: RunConfig, source: str) -> None:
     from splitmix.schemas import explain, first_error, load_schema
 
     schema = load_schema()
-    values = _plain(cfg.to_dict())
+    values = as_json(cfg.to_dict())
     training = {k: values[k] for k in schema["$defs"]["training"]["properties"]}
     checks = [
         ("", training, {"$ref": "#/$defs/training"}),
@@ -255,14 +230,14 @@ def _check_federation(cfg: RunConfig, source: str) -> None:
 
     spec = DATASETS.get(cfg.dataset)
     if spec is None:
-        raise _fail(
+        raise fail(
             source,
             "dataset",
             f"{cfg.dataset!r} is not a known dataset; allowed: {', '.join(DATASETS)}",
         )
     domains = cfg.split_config.domains
     if domains is not None and not set(domains) <= set(spec.domains):
-        raise _fail(
+        raise fail(
             source,
             "split_config.domains",
             f"{list(domains)!r} names domains {cfg.dataset} does not have; allowed: a subset of "
@@ -271,45 +246,13 @@ def _check_federation(cfg: RunConfig, source: str) -> None:
     n_domains = len(domains) if domains is not None else len(spec.domains)
     clients = cfg.split_config.clients_per_domain * n_domains
     if cfg.participation > clients:
-        raise _fail(
+        raise fail(
             source,
             "participation",
             f"{cfg.participation} is more than the {clients} clients of {cfg.dataset}/{cfg.split} "
             f"({cfg.split_config.clients_per_domain} per domain x {n_domains} domain(s)); "
             f"allowed: -1 (all) or 1 to {clients}",
         )
-
-
-def _param_rule(default: Any) -> dict[str, Any]:
-    """A parameter's schema from the type of its declared default (the algorithm's contract)."""
-    if isinstance(default, bool):
-        return {"type": "boolean"}
-    if _is_number(default):
-        return {"type": "number"}
-    return {}
-
-
-def _check_method_params(cfg: RunConfig, source: str) -> None:
-    """Keys and types from the algorithm's declared ``params``; value rules from its
-    ``param_rules`` (the method's own file says what its parameters may be)."""
-    from splitmix.schemas import explain, first_error
-
-    cls = algorithm_class(cfg.algorithm)
-    declared = cls.params
-    where = f"methods.{cfg.method}.params"
-    unknown = sorted(set(cfg.method_params) - set(declared))
-    if unknown:
-        raise _fail(
-            source,
-            where,
-            f"unknown parameter(s) {', '.join(unknown)} for {cfg.algorithm}; allowed: "
-            f"{', '.join(sorted(declared)) or 'none'}",
-        )
-    rules = {name: _param_rule(default) for name, default in declared.items()}
-    rules.update(cls.param_rules)
-    error = first_error(_plain(cfg.method_params), {"type": "object", "properties": rules})
-    if error is not None:
-        raise InvalidValue(explain(error, source, where))
 
 
 def device_problem(device: str) -> str | None:
@@ -344,10 +287,9 @@ def validate_run(cfg: RunConfig, source: str = "", check_device: bool = True) ->
     """
     _check_schema(cfg, source)
     _check_federation(cfg, source)
-    _check_method_params(cfg, source)
     problem = device_problem(cfg.device) if check_device else None
     if problem:
-        raise _fail(
+        raise fail(
             source,
             "device",
             f"{cfg.device!r} cannot be used: {problem}; allowed: 'cpu' or a device this torch "

@@ -279,12 +279,12 @@ def _probe(
     training seconds are ``train_seconds(run, round, wall seconds of train_round)``."""
     import torch
 
-    from splitmix.fl import engine
+    from splitmix.training import training_run
 
     torch.set_num_threads(probe.threads)
     train, val = [], []
     with tempfile.TemporaryDirectory(prefix="splitmix-estimate-") as tmp:
-        run = engine.TrainingRun(probe, Path(tmp), fed, progress=False)
+        run = training_run(probe, Path(tmp), fed)
         run.resume_or_start(restart=True)
         for r in range(warmup + rounds):
             t0 = _clock(run.device)
@@ -334,7 +334,7 @@ def time_sampled(
     instead of hours for grids whose whole rounds are long on this machine (CIFAR-10 or DomainNet
     on a CPU); per-client download, upload and merge costs are scaled with the steps, so the
     estimate errs long by those (small beside the steps)."""
-    from splitmix.fl.engine import local_steps
+    from splitmix.fl.steps import local_steps
 
     reps = representatives(plan)
     fed = build_federation(
@@ -369,7 +369,7 @@ def _scaled_clients(
     timed_steps: dict[float, int],
 ) -> float:
     """Expected client seconds of one real round from the representatives' ``seconds``."""
-    from splitmix.fl.engine import local_steps
+    from splitmix.fl.steps import local_steps
 
     total = 0.0
     for shard, budget in zip(plan.shards, plan.budgets, strict=True):

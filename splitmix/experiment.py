@@ -32,6 +32,7 @@ import yaml
 
 from splitmix.config import RunConfig, run_config_from_dict, validate_run
 from splitmix.errors import ConfigError
+from splitmix.methods import check_params, resolve_params
 
 # ``workflow``: Snakemake-only settings (report name, data policy, resources); ignored here so one
 # file serves both the workflow and `python -m splitmix train --config`.
@@ -218,8 +219,9 @@ def resolve_run(
     )
     if "data_root" in exp:
         merged["data_root"] = str(exp["data_root"])
-    cfg = _with_sets(run_config_from_dict(merged), sets)
-    return validate_run(cfg, source=source, check_device=check_device)
+    cfg = resolve_params(_with_sets(run_config_from_dict(merged), sets))
+    validate_run(cfg, source=source, check_device=check_device)
+    return check_params(cfg, source)
 
 
 def iter_runs(exp: dict[str, Any]) -> list[tuple[str, str, str, int]]:
@@ -251,7 +253,9 @@ def apply_sets(cfg: RunConfig, items: Sequence[str], source: str = "--set") -> R
     """``cfg`` with ``--set key=value`` overrides applied (nested keys with dots), validated."""
     if not items:
         return cfg
-    return validate_run(_with_sets(cfg, items), source=source)
+    cfg = resolve_params(_with_sets(cfg, items))
+    validate_run(cfg, source=source)
+    return check_params(cfg, source)
 
 
 def _with_sets(cfg: RunConfig, items: Sequence[str]) -> RunConfig:

@@ -1,16 +1,20 @@
-"""A RunConfig carries its method's fully resolved parameters: the declared defaults under the
-given values, so the config hash (and run.json) change when a default changes."""
+"""A run carries its method's fully resolved parameters: the declared defaults under the given
+values, so the config hash (and run.json) change when a default changes. The config layer knows no
+method: ``splitmix.methods`` resolves and checks the parameters and hands plain data down."""
 
 from __future__ import annotations
 
 import pytest
 
-from splitmix.config import RunConfig, algorithm_class, run_config_from_dict, validate_run
+from splitmix.config import RunConfig, run_config_from_dict, validate_run
 from splitmix.errors import ConfigError
+from splitmix.methods import algorithm_class, check_params, resolve_params
 
 
 def _cfg(**params) -> RunConfig:
-    return RunConfig("digits", "feature", "splitmix", "splitmix", method_params=params)
+    return resolve_params(
+        RunConfig("digits", "feature", "splitmix", "splitmix", method_params=params)
+    )
 
 
 def test_defaults_fill_what_the_config_does_not_set():
@@ -20,6 +24,11 @@ def test_defaults_fill_what_the_config_does_not_set():
     assert set(cfg.to_dict()["method_params"]) == set(declared)  # run.json records them all
     # writing the defaults out by hand is the same config
     assert _cfg(**{**declared, "atom": 0.25}).config_hash() == cfg.config_hash()
+
+
+def test_a_plain_run_config_is_only_what_it_was_given():
+    cfg = RunConfig("digits", "feature", "splitmix", "splitmix", method_params={"atom": 0.25})
+    assert cfg.method_params == {"atom": 0.25}  # no registry lookup below the methods layer
 
 
 def test_a_changed_default_changes_the_hash_of_a_config_that_does_not_set_it(monkeypatch):
@@ -37,13 +46,14 @@ def test_a_changed_default_changes_the_hash_of_a_config_that_does_not_set_it(mon
 def test_resolving_again_keeps_values_and_hash():
     # a job reads the workflow's per-run file (or run.json) back: it must get the same hash
     cfg = _cfg(atom=0.25, fused=True)
-    again = run_config_from_dict(cfg.to_dict())
+    again = resolve_params(run_config_from_dict(cfg.to_dict()))
     assert again.method_params == cfg.method_params
     assert again.config_hash() == cfg.config_hash()
 
 
-def test_an_unknown_algorithm_is_left_for_validation_to_name():
-    cfg = RunConfig("digits", "feature", "m", "no-such-method", method_params={"x": 1})
-    assert cfg.method_params == {"x": 1}
+def test_an_unknown_algorithm_is_left_for_the_check_to_name():
+    cfg = resolve_params(RunConfig("digits", "feature", "m", "no-such-method", method_params={}))
+    assert cfg.method_params == {}
+    validate_run(cfg, check_device=False)  # the config layer has nothing against it
     with pytest.raises(ConfigError, match="unknown algorithm 'no-such-method'"):
-        validate_run(cfg, check_device=False)
+        check_params(cfg)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from splitmix.config import RunConfig, algorithm_class
+from splitmix.config import RunConfig
 from splitmix.errors import ConfigError
 from splitmix.experiment import apply_sets, iter_runs, load_experiment, parse_set, resolve_run
+from splitmix.methods import algorithm_class
 
 EXPERIMENT = """
 data_root: /data/here

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from splitmix.config import algorithm_class
+from splitmix.methods import algorithm_class
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("splitmix/report", "splitmix/evaluate", "splitmix/fl", "workflow")

@@ -407,7 +407,8 @@ def test_a_few_rounds_learn_above_chance_fused_or_not(tmp_path):
     fused run follows the sequential one (same maths, same random streams)."""
     import pandas as pd
 
-    from splitmix.fl.engine import LOG, run_training
+    from splitmix.fl.engine import LOG
+    from splitmix.training import run_training
 
     logs = []
     for fused in (False, True):

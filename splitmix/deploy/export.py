@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from splitmix import __version__
 from splitmix.atomic import atomic_write_bytes, atomic_write_text
 from splitmix.deploy.run import TrainedRun
 from splitmix.errors import ConfigError, DataError
@@ -41,6 +40,7 @@ from splitmix.models.files import (
     to_bytes,
 )
 from splitmix.models.serving import uses_batch_statistics
+from splitmix.version import __version__
 
 RTOL = 2e-3  # |exported - in-suite| <= RTOL * max(1, max |in-suite logit|)
 

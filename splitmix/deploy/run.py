@@ -30,7 +30,7 @@ from splitmix.errors import ConfigError, DataError
 from splitmix.evaluate.accuracy import eval_batch_size
 from splitmix.evaluate.rows import read_rows
 from splitmix.evaluate.run import LoadedRun, is_dual, restore_run
-from splitmix.fl.engine import batch_spans
+from splitmix.fl.steps import batch_spans
 from splitmix.models.serving import freeze_batch_norm, uses_batch_statistics
 from splitmix.runfolder import EVAL
 

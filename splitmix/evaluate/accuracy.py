@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from splitmix.config import AdvConfig
-from splitmix.evaluate.fast import inference_model
 from splitmix.evaluate.robustness import adversarial_examples
-from splitmix.fl.engine import batch_spans
+from splitmix.fl.steps import batch_spans
+from splitmix.models.fast import inference_model
 from splitmix.models.serving import uses_batch_statistics
 
 LARGE_BATCH = 1024
@@ -64,7 +64,7 @@ def client_accuracy(
     as the clean pass does). ``x`` is uint8 NCHW (or float in [0, 1]).
 
     The passes run on ``inference_model(model)`` (channels-last, fused ensembles; see
-    ``evaluate.fast``): the same numbers up to float rounding, faster on a CPU."""
+    ``models.fast``): the same numbers up to float rounding, faster on a CPU."""
     model.eval()
     model = inference_model(model)
     res = ClientAccuracy(robust=0 if attack is not None else None)

@@ -93,7 +93,8 @@ def restore_run(
     """Rebuild a run's algorithm at its best-validation state (``federation`` may be passed to
     skip rebuilding it, e.g. in tests; it must be the run's federation)."""
     from splitmix.fl.checkpoint import load_checkpoint
-    from splitmix.fl.engine import build_algorithm, make_generator
+    from splitmix.fl.steps import make_generator
+    from splitmix.methods import build_algorithm
 
     run_dir = Path(run_dir)
     record = read_record(run_dir)

@@ -65,7 +65,10 @@ import torch
 from torch import nn
 
 from splitmix.config import RunConfig
+from splitmix.data.clients import Federation
 from splitmix.errors import ConfigError
+from splitmix.models import default_arch
+from splitmix.models.fast import inference_model
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,20 @@ class FederationInfo:
     input_shape: tuple[int, int, int]  # (C, H, W)
     arch: str  # model family: digit | alexnet | preresnet18
     client_domains: tuple[str, ...] = ()
+
+
+def federation_info(cfg: RunConfig, fed: Federation) -> FederationInfo:
+    """What a method of ``cfg`` is told of ``fed``: sizes, budgets, weights and the model family
+    (the dataset's default architecture unless ``cfg.arch`` names one)."""
+    return FederationInfo(
+        num_clients=len(fed.clients),
+        budgets=fed.budgets,
+        weights=fed.weights,
+        num_classes=fed.num_classes,
+        input_shape=tuple(fed.input_shape),
+        arch=cfg.arch if cfg.arch is not None else default_arch(cfg.dataset),
+        client_domains=tuple(c.domain for c in fed.clients),
+    )
 
 
 @dataclass(frozen=True)
@@ -132,6 +149,13 @@ class Algorithm(ABC):
     #: A run trains one width; each width is its own run (FedAvg). Recorded in run.json.
     one_run_per_width: ClassVar[bool] = False
 
+    @classmethod
+    def resolved_params(cls, given: dict[str, Any]) -> dict[str, Any]:
+        """``given`` method parameters over the declared defaults (``params``): what a run of
+        this method uses, recorded in full in run.json and hashed, so that a changed default is a
+        changed run. Applying it again changes nothing."""
+        return {**cls.params, **given}
+
     def __init__(self, cfg: RunConfig, info: FederationInfo) -> None:
         unknown = set(cfg.method_params) - set(self.params)
         if unknown:
@@ -148,7 +172,7 @@ class Algorithm(ABC):
             )
         self.cfg = cfg
         self.info = info
-        self.p: dict[str, Any] = {**self.params, **cfg.method_params}
+        self.p: dict[str, Any] = self.resolved_params(cfg.method_params)
 
     # ---- the verbs -------------------------------------------------------------------------
     @abstractmethod
@@ -287,8 +311,6 @@ class Algorithm(ABC):
         ``assemble`` returned (default: the generic channels-last conversion). A method whose
         models have exploitable structure (Split-Mix's ensembles fuse into one grouped pass)
         returns its own; the numbers must stay those of ``model`` up to float summation order."""
-        from splitmix.evaluate.fast import inference_model
-
         return inference_model(model)
 
 

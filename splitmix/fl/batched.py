@@ -44,7 +44,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from splitmix.config import RunConfig
 from splitmix.data.clients import Client
 from splitmix.fl.algorithm import Algorithm, LossFn, Task
-from splitmix.fl.engine import (
+from splitmix.fl.steps import (
     Augment,
     batch_spans,
     batches,

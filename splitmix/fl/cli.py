@@ -54,7 +54,7 @@ def default_out(dataset: str, split: str, method: str, seed: int) -> Path:
 def run(args: argparse.Namespace) -> int:
     from splitmix.errors import ConfigError
     from splitmix.experiment import load_experiment, resolve_run
-    from splitmix.fl.engine import run_training
+    from splitmix.training import run_training
 
     exp = load_experiment(args.config)
     # validated as a whole, --set included, before OUT is created: a refused run writes nothing

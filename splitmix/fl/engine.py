@@ -41,16 +41,23 @@ import numpy as np
 import torch
 from torch import nn
 
-import splitmix
 from splitmix.config import RunConfig
 from splitmix.data.clients import Client, Federation
 from splitmix.errors import ConfigError
-from splitmix.fl.algorithm import Algorithm, FederationInfo, LossFn, RoundMerge, Task
+from splitmix.fl.algorithm import Algorithm, LossFn, RoundMerge, Task
 from splitmix.fl.checkpoint import atomic_torch_save, load_checkpoint
 from splitmix.fl.losses import make_loss, use_masked_loss
 from splitmix.fl.runlog import CsvLog
 from splitmix.fl.sampling import sample_clients
 from splitmix.fl.schedule import lr_at
+from splitmix.fl.steps import (  # noqa: F401 - the engine's batch rules, re-exported
+    Augment,
+    batch_spans,
+    batches,
+    derived_seed,
+    local_steps,
+    make_generator,
+)
 from splitmix.runfolder import (
     BEST,
     BEST_STATE,
@@ -71,48 +78,12 @@ from splitmix.runfolder import (
 )
 from splitmix.seeding import rng
 from splitmix.timefmt import format_duration
+from splitmix.version import __version__
 
 if TYPE_CHECKING:
     from splitmix.fl.batched import BatchedTraining
 
 FORMAT = 1  # bump when the checkpoint layout changes
-
-Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-
-
-# ---- small pure helpers (tested directly) -----------------------------------------------------
-def derived_seed(seed: int, name: str) -> int:
-    """A 63-bit integer seed for stream ``name`` (for ``torch.manual_seed`` and generators)."""
-    return int(rng(seed, name).integers(0, 2**63 - 1))
-
-
-def make_generator(seed: int, name: str, device: torch.device) -> torch.Generator:
-    """A torch generator of stream ``name`` living on ``device`` (CUDA ops need a CUDA one)."""
-    g = torch.Generator(device=device)
-    g.manual_seed(derived_seed(seed, name))
-    return g
-
-
-def batch_spans(n: int, batch_size: int) -> list[tuple[int, int]]:
-    """``(start, end)`` of the batches one pass over ``n`` samples is cut into: full batches, the
-    last one short, and a lone leftover sample joined to the batch before it.
-
-    Batch-norm with batch statistics cannot normalise one sample (the original code crashes on
-    such a batch) and dropping it would waste data, so ``n = 33, b = 32`` is ONE batch of 33.
-    Training (``batches``) and validation cut their batches with this one rule.
-    """
-    spans = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
-    if len(spans) > 1 and spans[-1][1] - spans[-1][0] == 1:
-        spans.pop()
-        spans[-1] = (spans[-1][0], n)
-    return spans
-
-
-def local_steps(n_train: int, batch_size: int, local_epochs: int) -> int:
-    """Mini-batch steps of one client per round: the batches of one pass times ``epochs``
-    (``ceil(n / b) * epochs`` as in the original, docs/paper.md#pitfalls, less one per epoch
-    where a lone leftover sample joins the batch before it): exactly what ``batches`` yields."""
-    return len(batch_spans(n_train, batch_size)) * local_epochs
 
 
 def check_train_sizes(fed: Federation) -> None:
@@ -126,26 +97,6 @@ def check_train_sizes(fed: Federation) -> None:
                 "needs at least 2; use fewer clients (split_config.clients_per_domain), a larger "
                 "split_config.percent or a smaller split_config.val_ratio"
             )
-
-
-def batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
-    """Yield ``steps`` index batches: a permutation cut by ``batch_spans`` (last batch short, a
-    lone leftover sample joined to the batch before it), re-permuted whenever it is exhausted,
-    like a shuffling DataLoader re-created when empty. With ``steps = local_steps(...)`` every
-    sample is used exactly once per epoch.
-    """
-    spans = batch_spans(n, batch_size)
-    if steps > 0 and not spans:
-        raise ValueError(f"cannot draw {steps} batches from {n} samples")
-    perm = torch.randperm(n, generator=generator)
-    i = 0
-    for _ in range(steps):
-        if i == len(spans):
-            perm = torch.randperm(n, generator=generator)
-            i = 0
-        start, end = spans[i]
-        i += 1
-        yield perm[start:end]
 
 
 # ---- validation ---------------------------------------------------------------------------------
@@ -204,7 +155,12 @@ class TrainingRun:
     ``save_checkpoint``. ``run_training`` is the way to train; this is the way to measure.
     """
 
-    def __init__(self, cfg: RunConfig, out_dir: Path, fed: Federation, progress: bool) -> None:
+    def __init__(
+        self, algorithm: Algorithm, out_dir: Path, fed: Federation, progress: bool
+    ) -> None:
+        # the record and the hash cover every method parameter, the method's defaults included
+        # (the algorithm resolved them: ``Algorithm.p``), so a changed default is a changed run
+        cfg = dataclasses.replace(algorithm.cfg, method_params=dict(algorithm.p))
         self.cfg = cfg
         self.out = Path(out_dir)
         self.progress = progress
@@ -215,7 +171,7 @@ class TrainingRun:
         self.loss_fn = make_loss(use_masked_loss(cfg.masked_loss, cfg.split_config.kind))
         self.augment = _augment(cfg)
         self.adv = cfg.adv.lam > 0
-        self.algorithm = build_algorithm(cfg, fed)
+        self.algorithm = algorithm
         self.widths = sorted(float(w) for w in self.algorithm.eval_widths())
         if not self.widths:
             raise ConfigError(f"algorithm {cfg.algorithm!r} validates no width (eval_widths empty)")
@@ -556,28 +512,6 @@ def _augment(cfg: RunConfig) -> Augment | None:
     return None if fn is no_augment else fn
 
 
-def build_algorithm(cfg: RunConfig, fed: Federation) -> Algorithm:
-    """The method of ``cfg``, told what it may know of ``fed`` (``FederationInfo``); its global
-    model is not initialised yet (``init_global``)."""
-    arch = cfg.arch
-    if arch is None:
-        from splitmix.models import default_arch
-
-        arch = default_arch(cfg.dataset)
-    info = FederationInfo(
-        num_clients=len(fed.clients),
-        budgets=fed.budgets,
-        weights=fed.weights,
-        num_classes=fed.num_classes,
-        input_shape=tuple(fed.input_shape),
-        arch=arch,
-        client_domains=tuple(c.domain for c in fed.clients),
-    )
-    from splitmix.methods import get_algorithm  # discovery sits above the engine
-
-    return get_algorithm(cfg.algorithm)(cfg, info)
-
-
 def _to_device(fed: Federation, device: torch.device) -> Federation:
     """Move every client's tensors to ``device`` once, so batches never cross the bus."""
     if device.type == "cpu":
@@ -614,22 +548,24 @@ def _versions() -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
-        splitmix.__name__: splitmix.__version__,
+        __name__.partition(".")[0]: __version__,  # the package (not a method) name
     }
 
 
 # ---- public API -------------------------------------------------------------------------------
-def run_training(
-    cfg: RunConfig,
+def train(
+    algorithm: Algorithm,
+    federation: Federation,
     out_dir: Path,
     *,
-    federation: Federation | None = None,
     progress: bool = True,
     stop_after: int | None = None,
     restart: bool = False,
     discard_stale: bool = False,
 ) -> dict[str, Any]:
-    """Train ``cfg`` into ``out_dir``, resuming from ``out_dir/checkpoint.pt`` when present.
+    """Train ``algorithm`` (built for ``federation``, not yet initialised) into ``out_dir``,
+    resuming from ``out_dir/checkpoint.pt`` when present. The engine receives the method built;
+    ``splitmix.training.run_training`` builds it from a config.
 
     ``stop_after`` simulates a kill once that many rounds (in total) are done: the run returns
     without its end-of-run checkpoint, exactly like a process killed between checkpoints.
@@ -637,12 +573,9 @@ def run_training(
     of another config instead of refusing it. ``progress`` shows a bar on a terminal and one plain
     line per round elsewhere (a job's log file). Returns a summary dict.
     """
+    cfg = algorithm.cfg
     torch.set_num_threads(cfg.threads)
-    if federation is None:
-        from splitmix.data.federation import build_federation
-
-        federation = build_federation(cfg)
-    run = TrainingRun(cfg, Path(out_dir), federation, progress)
+    run = TrainingRun(algorithm, Path(out_dir), federation, progress)
     run.resume_or_start(restart, discard_stale)
     t_start = time.perf_counter()
 

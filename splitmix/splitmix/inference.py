@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from splitmix.evaluate.fast import inference_model as generic_inference_model
 from splitmix.models import DualBatchNorm
+from splitmix.models.fast import inference_model as generic_inference_model
 from splitmix.splitmix.ensemble import Ensemble
 from splitmix.splitmix.fused import FusedBases
 

@@ -26,9 +26,10 @@ from splitmix.errors import ConfigError
 from splitmix.evaluate.cost import model_cost
 from splitmix.fl.algorithm import FederationInfo, Task
 from splitmix.fl.checkpoint import load_checkpoint
-from splitmix.fl.engine import make_generator, run_training
+from splitmix.fl.engine import make_generator
 from splitmix.methods import get_algorithm
 from splitmix.models import build_model
+from splitmix.training import run_training
 
 SHAPE = (3, 28, 28)
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -155,7 +156,7 @@ def test_budget_outside_the_budget_string_and_adversarial_training_are_refused()
 
 
 def test_config_validation_refuses_bad_parameter_values_before_any_job() -> None:
-    from splitmix.config import validate_run
+    from splitmix.methods import check_params
 
     # a real dataset name: validation refuses the toy's (a test-only name)
     cfg = toy_config(algorithm="depthfl", method="depthfl", arch="digit", dataset="digits-mini")
@@ -164,7 +165,7 @@ def test_config_validation_refuses_bad_parameter_values_before_any_job() -> None
         ({"temperature": 0}, r"params.temperature: 0 is less than or equal to the minimum"),
     ):
         with pytest.raises(ConfigError, match=rule):
-            validate_run(dataclasses.replace(cfg, method_params=bad), check_device=False)
+            check_params(dataclasses.replace(cfg, method_params=bad))
 
 
 # ---- aggregation ---------------------------------------------------------------------------------

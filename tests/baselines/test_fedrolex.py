@@ -20,9 +20,9 @@ from splitmix.fl.aggregate import MaskedAverage
 from splitmix.fl.algorithm import Update
 from splitmix.fl.blocks import read
 from splitmix.fl.checkpoint import load_checkpoint
-from splitmix.fl.engine import run_training
 from splitmix.models.layers import SlimmableConv2d, SlimmableLinear
 from splitmix.models.norm import SlimmableBatchNorm
+from splitmix.training import run_training
 
 SHAPE = (3, 28, 28)
 
@@ -177,12 +177,12 @@ def test_engine_run_trains_and_resumes_bit_identically(tmp_path, algorithm: str)
 
 
 def test_run_validation_refuses_an_unknown_extraction_before_any_job() -> None:
-    from splitmix.config import validate_run
+    from splitmix.methods import check_params
 
     cfg = RunConfig(dataset="digits-mini", split="feature", method="rolex", algorithm="fedrolex",
                     method_params={"extraction": "sliding"})  # fmt: skip
     with pytest.raises(ConfigError, match=r"methods\.rolex\.params\.extraction.*rolling"):
-        validate_run(cfg, check_device=False)
+        check_params(cfg)
 
 
 # ---- client batching (training.client_batching) --------------------------------------------------
@@ -192,10 +192,11 @@ def _one_round_float64(cfg: RunConfig, out, budgets: tuple[float, ...], round_id
     the two paths differ only by summation order."""
     from fl.test_batched import digits_federation
 
-    from splitmix.fl.engine import TrainingRun, make_generator
+    from splitmix.fl.engine import make_generator
+    from splitmix.training import training_run
 
     out.mkdir()
-    run = TrainingRun(cfg, out, digits_federation(budgets=budgets), progress=False)
+    run = training_run(cfg, out, digits_federation(budgets=budgets))
     alg = run.algorithm
     alg.init_global(make_generator(cfg.seed, "init", torch.device("cpu")))
     alg._set_server(alg.server.double())

@@ -21,8 +21,8 @@ from splitmix.config import RunConfig
 from splitmix.errors import ConfigError
 from splitmix.fl.algorithm import FederationInfo, Task
 from splitmix.fl.checkpoint import load_checkpoint
-from splitmix.fl.engine import run_training
 from splitmix.models import count_params, prefix_blocks
+from splitmix.training import run_training
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -227,7 +227,7 @@ def test_client_batching_batches_the_single_width_clients_only(tmp_path) -> None
 
 
 def test_config_validation_refuses_bad_parameter_values_before_any_job() -> None:
-    from splitmix.config import validate_run
+    from splitmix.methods import check_params
 
     # a real dataset name: validation refuses the toy's (a test-only name)
     cfg = toy_config(algorithm="fjord", method="fjord", arch="digit", dataset="digits-mini")
@@ -237,7 +237,7 @@ def test_config_validation_refuses_bad_parameter_values_before_any_job() -> None
         ({"kd": 1}, r"params.kd: 1 is not of type 'boolean'"),
     ):
         with pytest.raises(ConfigError, match=rule):
-            validate_run(dataclasses.replace(cfg, method_params=bad), check_device=False)
+            check_params(dataclasses.replace(cfg, method_params=bad))
 
 
 # ---- the budget-sized model ---------------------------------------------------------------------

@@ -16,15 +16,16 @@ import pandas as pd
 import pytest
 import torch
 
-from splitmix.config import algorithm_class, run_config_from_dict
+from splitmix.config import run_config_from_dict
 from splitmix.data.clients import Federation
 from splitmix.data.federation import build_federation
 from splitmix.evaluate import cli
 from splitmix.evaluate.rows import read_rows
 from splitmix.evaluate.run import EvalOptions, evaluate_run, log_rows, restore_run
-from splitmix.fl.engine import run_training
+from splitmix.methods import algorithm_class
 from splitmix.models import bn_mode, build_model
 from splitmix.runfolder import read_record
+from splitmix.training import run_training
 
 from .test_cost import digit_macs
 

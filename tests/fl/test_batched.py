@@ -30,8 +30,9 @@ from splitmix.config import RunConfig
 from splitmix.data.clients import Federation
 from splitmix.fl.batched import BatchedTraining
 from splitmix.fl.checkpoint import load_checkpoint
-from splitmix.fl.engine import TrainingRun, make_generator, run_training
+from splitmix.fl.engine import make_generator
 from splitmix.fl.losses import masked_cross_entropy
+from splitmix.training import run_training, training_run
 
 from .toy import toy_config, toy_federation
 
@@ -81,7 +82,7 @@ def train_one_round(
 ):
     """``(uploads by client, the round's log row, clients trained sequentially)``."""
     out.mkdir()
-    run = TrainingRun(cfg, out, digits_federation(sizes, budgets), progress=False)
+    run = training_run(cfg, out, digits_federation(sizes, budgets))
     alg = run.algorithm
     alg.init_global(make_generator(cfg.seed, "init", torch.device("cpu")))
     if double:  # float64 model and inputs: the paths must agree to rounding of float64
@@ -146,7 +147,7 @@ def test_every_client_update_equals_the_sequential_one(width, tmp_path):
     assert max(diffs.values()) < 1e-5, diffs
     # the clients trained: their updates moved far beyond the tolerance
     fed = digits_federation(sizes)
-    init = TrainingRun(digits_config(False, **params), tmp_path / "i", fed, False)
+    init = training_run(digits_config(False, **params), tmp_path / "i", fed)
     init.algorithm.init_global(make_generator(1, "init", torch.device("cpu")))
     start = init.algorithm.server.state_dict()
     for client in seq:
@@ -270,7 +271,7 @@ def test_a_step_that_draws_random_numbers_is_refused(tmp_path):
     """A method that declared a plain step but draws from torch's RNG (say, dropout) fails loudly
     instead of silently drawing other numbers than the sequential loop."""
     cfg = digits_config(True)
-    run = TrainingRun(cfg, tmp_path, digits_federation(), progress=False)  # writes nothing here
+    run = training_run(cfg, tmp_path, digits_federation())  # writes nothing here
     run.algorithm.init_global(make_generator(1, "init", torch.device("cpu")))
 
     def noisy_loss(logits, y):

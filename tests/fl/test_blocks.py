@@ -70,7 +70,7 @@ def test_every_task_carries_its_round_and_the_methods_payload(tmp_path, monkeypa
     """The engine sets ``Task.round`` on whatever ``plan`` returns and hands the method's
     ``payload`` through untouched to download and upload."""
     from splitmix.fl.algorithm import register
-    from splitmix.fl.engine import run_training
+    from splitmix.training import run_training
 
     from .toy import ToyLinear, accept_toy_runs, toy_config, toy_federation
 

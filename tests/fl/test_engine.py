@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -12,9 +13,11 @@ import torch.nn.functional as F
 
 from splitmix.errors import ConfigError
 from splitmix.fl.checkpoint import load_checkpoint
-from splitmix.fl.engine import batch_spans, batches, local_steps, run_training
+from splitmix.fl.engine import batch_spans, batches, local_steps
 from splitmix.fl.losses import masked_cross_entropy
 from splitmix.fl.sampling import sample_clients
+from splitmix.methods import resolve_params
+from splitmix.training import run_training
 
 from .toy import ToyLinear, toy_config, toy_federation
 
@@ -237,8 +240,11 @@ def test_partial_participation(tmp_path):
 def test_run_record(straight):
     out, fed, result, _ = straight
     rec = json.loads((out / "run.json").read_text())
-    cfg = toy_config()
+    cfg = toy_config()  # resolved: the engine records (and hashes) the resolved params
     assert rec["config_hash"] == cfg.config_hash() == result["config_hash"]
+    given = dataclasses.replace(cfg, method_params={})  # as given, without the defaults
+    assert given.config_hash() != cfg.config_hash()
+    assert resolve_params(given).config_hash() == cfg.config_hash()
     assert rec["config"]["algorithm"] == "toy-linear"
     assert set(rec["versions"]) == {"python", "torch", "numpy", "splitmix"}
     # describe()'s facts, and the capabilities the report reads instead of the method's name

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from splitmix.fl.algorithm import Algorithm
-from splitmix.fl.engine import run_training
+from splitmix.training import run_training
 
 from .toy import toy_config, toy_federation
 

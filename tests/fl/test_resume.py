@@ -16,7 +16,7 @@ import torch
 
 from splitmix.errors import ConfigError
 from splitmix.fl.checkpoint import load_checkpoint
-from splitmix.fl.engine import run_training
+from splitmix.training import run_training
 
 from .toy import ToyLinear, accept_toy_runs, toy_config, toy_federation
 

@@ -23,8 +23,8 @@ from splitmix.fl.algorithm import (
     streams,
 )
 from splitmix.fl.checkpoint import load_checkpoint
-from splitmix.fl.engine import run_training
 from splitmix.methods import get_algorithm
+from splitmix.training import run_training
 
 from .toy import ToyLinear, toy_config, toy_federation
 

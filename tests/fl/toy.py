@@ -181,7 +181,8 @@ def toy_federation(
 
 
 def toy_config(**overrides) -> RunConfig:
-    """A RunConfig for the toy: a few fast rounds, no augmentation, explicit arch."""
+    """A RunConfig for the toy: a few fast rounds, no augmentation, explicit arch; its method
+    parameters resolved over the toy's defaults, as a run resolved from a config file is."""
     values = {
         "dataset": "toy",
         "split": "toy",
@@ -199,7 +200,9 @@ def toy_config(**overrides) -> RunConfig:
         "split_config": {"kind": "iid"},
     }
     values.update(overrides)
-    return run_config_from_dict(values)
+    from splitmix.methods import resolve_params
+
+    return resolve_params(run_config_from_dict(values))
 
 
 def accept_toy_runs(monkeypatch) -> None:

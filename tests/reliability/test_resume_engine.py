@@ -21,8 +21,8 @@ from splitmix.fl.engine import (
     eta_seconds,
     format_duration,
     remove_stale_temporaries,
-    run_training,
 )
+from splitmix.training import run_training
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -304,7 +304,7 @@ def _resume_equals_straight(tmp_path: Path, method: str) -> None:
     """A straight 2-round run and one stopped after round 1 then resumed end bit-identical, and
     every file they wrote loads with weights_only=True."""
     from splitmix.data.federation import build_federation
-    from splitmix.fl.engine import run_training
+    from splitmix.training import run_training
 
     cfg = _run_config(method, tmp_path)
     fed = build_federation(cfg)

@@ -91,8 +91,8 @@ class Spec:
 
 def _registered(algorithm: str) -> type | None:
     """The registered method class, or None for a name made up by a test."""
-    from splitmix.config import algorithm_class
     from splitmix.errors import ConfigError
+    from splitmix.methods import algorithm_class
 
     try:
         return algorithm_class(algorithm)

@@ -12,9 +12,9 @@ from torch import nn
 from splitmix.allocator import keep_freed_memory
 from splitmix.config import AdvConfig
 from splitmix.evaluate.accuracy import client_accuracy, eval_batch_size
-from splitmix.evaluate.fast import ChannelsLast
 from splitmix.fl.adversarial import pgd
 from splitmix.models import build_model, set_bn_mode
+from splitmix.models.fast import ChannelsLast
 from splitmix.splitmix.ensemble import Ensemble
 from splitmix.splitmix.inference import FusedEnsemble
 from splitmix.splitmix.inference import ensemble_inference_model as inference_model
