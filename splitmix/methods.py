@@ -139,4 +139,7 @@ def check_params(cfg: RunConfig, source: str = "") -> RunConfig:
     error = first_error(as_json(cfg.method_params), {"type": "object", "properties": rules})
     if error is not None:
         raise InvalidValue(explain(error, source, where))
+    problem = cls.check_config(resolve_params(cfg))
+    if problem:
+        raise fail(source, where, problem)
     return cfg

@@ -11,7 +11,9 @@ Sizes (docs/paper.md#cost, docs/fidelity.md#units): ``params`` = sum of numel of
 assembled model uses; ``state_numel`` = the same over its state_dict (parameters and buffers: BN
 running statistics and ``num_batches_tracked`` when tracked), i.e. the paper's "model size (MB)"
 which is a count; and ``model_bytes`` = sum of numel x element size over that state. A slimmable
-(HeteroFL) model run at a width counts only the prefix block of every tensor that width uses.
+(HeteroFL) model run at a width counts only the prefix block of every tensor that width uses; a
+model whose tensors are element-masked (``parameter_masks``, FIARSE) counts the kept elements
+only, while its MACs are the dense count of the computation that runs (the zeros are multiplied).
 """
 
 from __future__ import annotations
@@ -70,12 +72,18 @@ def _dedup(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def _used_state(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """(parameters, whole state) the model uses as it will run; prefix blocks if slimmable."""
+    """(parameters, whole state) the model uses as it will run: prefix blocks if slimmable, the
+    kept elements of a masked tensor (``parameter_masks``: state key -> bool mask, FIARSE's
+    element-wise sub-models), else every tensor."""
     state = model.state_dict(keep_vars=True)
+    names = {n for n, _ in model.named_parameters()}
     if getattr(model, "slimmable", False):
-        names = {n for n, _ in model.named_parameters()}
         blocks = prefix_blocks(model, float(model.width))
         used = {k: state[k][b] for k, b in blocks.items()}
+        return [t for k, t in used.items() if k in names], list(used.values())
+    masks = getattr(model, "parameter_masks", None)
+    if masks:
+        used = {k: (t[masks[k]] if k in masks else t) for k, t in state.items()}
         return [t for k, t in used.items() if k in names], list(used.values())
     return _dedup(list(model.parameters())), _dedup(list(state.values()))
 

@@ -1,13 +1,15 @@
 """Masked weighted averaging: the server-side merge of every method (docs/paper.md#split-mix,
 #heterofl, #fedavg, #pitfalls).
 
-Each uploaded tensor covers either a whole server tensor or a block of it (``fl.blocks``: HeteroFL's
+Each uploaded tensor covers either a whole server tensor, a block of it (``fl.blocks``: HeteroFL's
 top-left prefix block, FedRolex's wrapping window, a random channel subset; a Split-Mix base is a
-whole tensor of one base). Every entry of the server state
-becomes the weighted mean of the values the clients sent for THAT entry, with the clients' weights;
-entries no client covered keep their value. This one rule gives FedAvg (every client covers every
-entry), HeteroFL (outer channels are averaged only over the clients wide enough to hold them) and
-Split-Mix (a base is averaged over the clients that trained it).
+whole tensor of one base), or any set of its elements named by a bool mask (FIARSE's importance
+masks; the running weight sum of such a key is then kept as a tensor). Every entry of the server
+state becomes the weighted mean of the values the clients sent for THAT entry, with the clients'
+weights; entries no client covered keep their value. This one rule gives FedAvg (every client
+covers every entry), HeteroFL (outer channels are averaged only over the clients wide enough to
+hold them), Split-Mix (a base is averaged over the clients that trained it) and FIARSE (an element
+over the clients whose importance mask kept it).
 
 Integer buffers (BatchNorm's ``num_batches_tracked``) are counters, not estimates: they are copied
 from the last client that uploaded them, never averaged (docs/paper.md#pitfalls). Unlike the
@@ -90,6 +92,8 @@ class MaskedAverage:
         self._cover: dict[str, list[tuple[Block, float]]] = {}
         # integer buffers: (value, block) of the last uploader
         self._last: dict[str, tuple[torch.Tensor, Block | None]] = {}
+        # per key with element-mask uploads: the running per-element weight sum
+        self._den: dict[str, torch.Tensor] = {}
 
     def __contains__(self, key: str) -> bool:
         return key in self._num or key in self._last
@@ -97,12 +101,23 @@ class MaskedAverage:
     def keys(self) -> set[str]:
         return set(self._num) | set(self._last)
 
-    def add(self, key: str, value: torch.Tensor, weight: float, block: Block | None = None) -> None:
-        """Add ``weight * value`` at ``block`` (None = whole tensor) of server tensor ``key``."""
+    def add(
+        self,
+        key: str,
+        value: torch.Tensor,
+        weight: float,
+        block: Block | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> None:
+        """Add ``weight * value`` at ``block`` (None = whole tensor) of server tensor ``key``, or
+        at the elements of the bool ``mask`` (``value`` then holds ``t[mask]``)."""
         target = self.state.get(key)
         if target is None:
             raise KeyError(f"uploaded key {key!r} is not in the server state")
         value = value.detach()
+        if mask is not None:
+            self._add_masked(key, target, value, float(weight), mask)
+            return
         if value.dim() != target.dim():
             raise ValueError(
                 f"upload for {key!r} of shape {tuple(value.shape)} at {block} reaches beyond the "
@@ -131,14 +146,44 @@ class MaskedAverage:
         blocks.add_(num, concrete, value.to(num.dtype), alpha=w)
         self._cover[key].append((concrete, w))
 
+    def _add_masked(
+        self, key: str, target: torch.Tensor, value: torch.Tensor, w: float, mask: torch.Tensor
+    ) -> None:
+        if mask.dtype != torch.bool or mask.shape != target.shape:
+            raise ValueError(
+                f"mask for {key!r} must be a bool tensor of the server shape "
+                f"{tuple(target.shape)}, got {mask.dtype} {tuple(mask.shape)}"
+            )
+        if not value.is_floating_point():
+            raise ValueError(f"an element mask covers float tensors only, {key!r} is {value.dtype}")
+        if value.dim() != 1 or value.numel() != int(mask.sum()):
+            raise ValueError(
+                f"upload for {key!r} holds {value.numel()} values for a mask of "
+                f"{int(mask.sum())} elements"
+            )
+        if w < 0:
+            raise ValueError(f"aggregation weight must be >= 0, got {w} for {key!r}")
+        mask = mask.to(target.device)
+        num = self._num.get(key)
+        if num is None:
+            num = torch.zeros(target.shape, dtype=_acc_dtype(target.dtype), device=target.device)
+            self._num[key] = num
+            self._cover[key] = []
+        den = self._den.get(key)
+        if den is None:
+            den = self._den[key] = torch.zeros_like(num)
+        num[mask] += w * value.to(num.dtype)
+        den.add_(mask.to(den.dtype), alpha=w)
+
     def add_update(self, update: Update, weight: float) -> None:
         """Add every tensor of ``update`` with the client weight ``weight``."""
         for key, value in update.tensors.items():
-            self.add(key, value, weight, update.blocks.get(key))
+            self.add(key, value, weight, update.blocks.get(key), update.masks.get(key))
 
     def _weight_sum(self, key: str, like: torch.Tensor) -> torch.Tensor:
         """Per-entry sum of the weights of the uploads covering each entry of ``key``."""
-        den = torch.zeros_like(like)
+        den = self._den.pop(key, None)
+        den = torch.zeros_like(like) if den is None else den
         for concrete, w in self._cover.pop(key):
             if blocks.is_contiguous(concrete):
                 den[concrete].add_(w)

@@ -123,13 +123,25 @@ class Update:
     ``tensors[key]`` is what goes over the wire; ``blocks[key]`` (optional) is the block of the
     global tensor it covers (``splitmix.fl.blocks``: per dimension a slice, as HeteroFL's top-left
     block, or a set of indices, as FedRolex's wrapping window). Absent means the whole tensor.
+
+    ``masks[key]`` (optional, instead of a block) is a bool tensor of the global tensor's shape
+    naming any set of elements the upload covers (FIARSE's importance masks): ``tensors[key]``
+    then holds exactly those elements, in row-major order (``t[mask]``), and the mask travels as
+    one bit per element.
     """
 
     tensors: dict[str, torch.Tensor]
     blocks: dict[str, tuple[slice | torch.Tensor, ...]] = field(default_factory=dict)
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+        values = sum(t.numel() * t.element_size() for t in self.tensors.values())
+        return values + sum(mask_nbytes(m) for m in self.masks.values())
+
+
+def mask_nbytes(mask: torch.Tensor) -> int:
+    """Bytes of an element mask on the wire: one bit per element."""
+    return (mask.numel() + 7) // 8
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -148,6 +160,14 @@ class Algorithm(ABC):
     param_rules: ClassVar[dict[str, dict[str, Any]]] = {}
     #: A run trains one width; each width is its own run (FedAvg). Recorded in run.json.
     one_run_per_width: ClassVar[bool] = False
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> str | None:
+        """What is wrong with ``cfg``'s method parameters that no per-value rule can see (a list
+        that needs one entry per budget width, ...), as one phrase; None when nothing is. Called
+        with the config check, before any job starts, so it must not build anything."""
+        del cfg
+        return None
 
     @classmethod
     def resolved_params(cls, given: dict[str, Any]) -> dict[str, Any]:
