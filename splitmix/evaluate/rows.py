@@ -106,6 +106,9 @@ METRICS: dict[str, Metric] = {
     "flag_noise_z": Metric("count", False, "standard errors of one validation the rise must beat"),
 }
 FLAG_METRICS = ("flag_rising", "flag_near_chance")
+#: Units of wall-clock measurements: their values differ between two runs of the same inputs, so a
+#: check that results are reproducible (bit for bit after a resume) leaves them out.
+TIME_UNITS = ("s", "s/sample")
 
 
 @dataclass(frozen=True)

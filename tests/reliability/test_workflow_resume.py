@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import torch
 
+from splitmix.evaluate.rows import TIME_UNITS
 from splitmix.experiment import resolve_run
 from splitmix.fl.checkpoint import load_checkpoint
 from workflow import PROFILE, SNAKEFILE, SNAKEMAKE, snakemake, tiny_config, write_config
@@ -101,7 +102,8 @@ def _published(run_dir: Path) -> dict:
         "best_round": (best["round"], best["metric"], record["best_round"], record["best_metric"]),
         "log": pd.read_csv(run_dir / "log.csv").drop(columns=["seconds"]),
         "comm": pd.read_csv(run_dir / "comm.csv").drop(columns=["seconds"]),
-        "eval": rows[~rows["metric"].str.contains("seconds")].reset_index(drop=True),
+        # every wall-clock measurement (seconds, latencies) differs between two runs by nature
+        "eval": rows[~rows["unit"].isin(TIME_UNITS)].reset_index(drop=True),
     }
 
 
