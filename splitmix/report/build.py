@@ -21,7 +21,7 @@ from splitmix.atomic import atomic_write_text
 from splitmix.errors import ConfigError
 from splitmix.report import claims_out
 from splitmix.report import figures as F
-from splitmix.report.claims import Claim, check_claims, read_claims
+from splitmix.report.claims import Claim, check_claims, paper_name, read_claims
 from splitmix.report.flags import flagged_runs, run_flags
 from splitmix.report.load import load_rows, reference_methods
 from splitmix.report.outputs import save_figure
@@ -98,20 +98,22 @@ def make_report(
     formats: tuple[str, ...] = ("png", "pdf"),
     methods: list[str] | None = None,
     only: list[str] | None = None,
-    claims: Path | None = None,
+    claims: Path | list[Path] | None = None,
 ) -> Report:
     """Write Table 1, the claims check, the figures, ``summary.txt`` and ``manifest.json`` into
     ``out``; return what was done.
 
     ``methods`` (globs) picks the methods of Table 1 and the method-comparison figures; without
     it they show every non-AT method at its algorithm's usual settings (``reference_methods``).
-    ``claims``: the claims file to check (docs/claims.md); None writes no claims files.
+    ``claims``: the claims file(s) to check, one paper each (docs/claims.md); None or an empty
+    list writes no claims files.
     """
     out = Path(out)
-    declared = read_claims(claims) if claims is not None else None  # a bad file fails first
+    paths = [claims] if isinstance(claims, str | Path) else list(claims or [])
+    declared = [(Path(p), read_claims(Path(p))) for p in paths]  # a bad file fails first
     rows = load_rows(rows_glob)
     report = Report()
-    _write_claims(out, rows, claims, declared, report)
+    _write_claims(out, rows, declared, report)
     if methods:
         chosen = select_methods(rows, methods)
     else:
@@ -142,22 +144,26 @@ def make_report(
 
 
 def _write_claims(
-    out: Path, rows: pd.DataFrame, path: Path | None, claims: list[Claim] | None, report: Report
+    out: Path, rows: pd.DataFrame, declared: list[tuple[Path, list[Claim]]], report: Report
 ) -> None:
-    """claims.md and claims.csv (or remove an earlier report's), and the summary lines."""
+    """claims.md and claims.csv (or remove an earlier report's), and the summary lines: one per
+    paper, then the under-trained runs."""
     flags = run_flags(rows)
     flagged = flagged_runs(flags, flags)
     md_path = out / CLAIM_FILES[0]
-    if claims is not None and path is not None:
-        verdicts = check_claims(rows, claims, flags)
+    if declared:
+        sections = [
+            claims_out.Section(path, paper_name(claims, path), check_claims(rows, claims, flags))
+            for path, claims in declared
+        ]
         texts = (
-            claims_out.to_markdown(verdicts, path, md_path, flagged, len(flags)),
-            claims_out.to_csv(verdicts),
+            claims_out.to_markdown(sections, md_path, flagged, len(flags)),
+            claims_out.to_csv(sections),
         )
         for name, text in zip(CLAIM_FILES, texts, strict=True):
             atomic_write_text(out / name, text)
             report.claims.append(out / name)
-        report.summary.append(claims_out.summary_line(verdicts, md_path))
+        report.summary += [claims_out.summary_line(sec, md_path) for sec in sections]
     else:
         # a report without claims must not show an old verdict (nor its snakemake --report page)
         for name in (*CLAIM_FILES, caption_file(Path(CLAIM_FILES[0]).stem)):

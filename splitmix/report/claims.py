@@ -96,6 +96,8 @@ class Claim:
     dataset: str = "*"
     split: str = "*"
     source: str = ""
+    paper: str = ""  # the file's paper: every claim of one file comes from one paper
+    setting: str = ""  # where the claim can be tested, printed when no task of the rows matches
 
 
 _SIDE_KEYS = {"method", "sum_of", "width", "lam", "respects_budget"}
@@ -103,8 +105,8 @@ _CHECK_KEYS = {
     "compare": {"kind", "a", "b", "metric", "widths", "relation", "margin", "factor", "same"},
     "not_dominated": {"kind", "a", "b", "x", "y", "require"},
 }
-_CLAIM_KEYS = {"id", "text", "checks", "dataset", "split", "source"}
-_FILE_KEYS = {"dataset", "split", "claims"}
+_CLAIM_KEYS = {"id", "text", "checks", "dataset", "split", "source", "setting"}
+_FILE_KEYS = {"paper", "dataset", "split", "setting", "claims"}
 
 
 class _Where:
@@ -250,9 +252,16 @@ def parse_claims(data: Any, path: Path) -> list[Claim]:
                 dataset=_text(c.get("dataset", d.get("dataset", "*")), w.at("dataset")),
                 split=_text(c.get("split", d.get("split", "*")), w.at("split")),
                 source=str(c.get("source", "")),
+                paper=str(d.get("paper", "")),
+                setting=" ".join(str(c.get("setting", d.get("setting", ""))).split()),
             )
         )
     return claims
+
+
+def paper_name(claims: list[Claim], path: Path) -> str:
+    """The paper a claims file states (its ``paper`` key), else the file's name."""
+    return next((c.paper for c in claims if c.paper), Path(path).stem)
 
 
 def read_claims(path: Path) -> list[Claim]:
@@ -336,7 +345,10 @@ def check_claims(
             if fnmatch.fnmatchcase(t[0], claim.dataset) and fnmatch.fnmatchcase(t[1], claim.split)
         ]
         if not matched:
-            part = Part(0, "", "", reason=f"no rows of task {claim.dataset}/{claim.split}")
+            reason = f"no rows of task {claim.dataset}/{claim.split}"
+            if claim.setting:
+                reason += f"; the claim's setting: {claim.setting}"
+            part = Part(0, "", "", reason=reason)
             out.append(Verdict(claim, claim.dataset, claim.split, NOT_TESTABLE, [part]))
             continue
         for dataset, split in matched:

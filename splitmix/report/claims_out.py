@@ -1,4 +1,5 @@
-"""The claims check as files: ``claims.md`` for people, ``claims.csv`` for tools, one summary line.
+"""The claims check as files: ``claims.md`` for people (one section per paper, that is per claims
+file), ``claims.csv`` for tools, one summary line per paper.
 
 Every verdict is printed with the numbers behind it (means, standard deviations, the seed spread,
 the margin, the seeds), so a reader can redo the comparison without the rows.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +18,8 @@ from splitmix.report.claims import VERDICTS, Part, Verdict, fmt_value
 from splitmix.report.spread import SPREAD_DEFINITION
 
 CSV_COLUMNS = (
+    "paper",
+    "claims_file",
     "claim",
     "dataset",
     "split",
@@ -54,10 +58,23 @@ def counts(verdicts: list[Verdict]) -> dict[str, int]:
     return {v: sum(x.verdict == v for x in verdicts) for v in VERDICTS}
 
 
-def summary_line(verdicts: list[Verdict], md_path: Path) -> str:
-    """``claims: 5 held, 0 not held, 0 not testable -> figures/quick/claims.md``."""
+@dataclass
+class Section:
+    """The verdicts of one claims file: one paper's claims."""
+
+    path: Path
+    paper: str
+    verdicts: list[Verdict]
+
+
+def tally(verdicts: list[Verdict]) -> str:
     n = counts(verdicts)
-    return "claims: " + ", ".join(f"{n[v]} {v}" for v in VERDICTS) + f" -> {md_path}"
+    return ", ".join(f"{n[v]} {v}" for v in VERDICTS)
+
+
+def summary_line(section: Section, md_path: Path) -> str:
+    """``claims of Split-Mix (...): 7 held, 0 not held, 0 not testable -> .../claims.md``."""
+    return f"claims of {section.paper}: {tally(section.verdicts)} -> {md_path}"
 
 
 def _seeds(seeds: tuple[int, ...]) -> str:
@@ -88,29 +105,38 @@ def part_text(p: Part) -> str:
     return f"{p.description}: **{p.verdict}**. {body}"
 
 
-def to_markdown(
-    verdicts: list[Verdict], claims_file: Path, md_path: Path, flagged: list[str], n_runs: int
-) -> str:
+def to_markdown(sections: list[Section], md_path: Path, flagged: list[str], n_runs: int) -> str:
     out = [
         "# Claims check",
         "",
-        f"Claims from `{claims_file}`, checked against the evaluation rows of {n_runs} runs.",
+        f"The claims of {len(sections)} paper(s), one claims file each, checked against the "
+        f"evaluation rows of {n_runs} runs.",
         "",
-        f"**{summary_line(verdicts, md_path).split(' -> ')[0]}**",
+        "| paper | claims file | verdicts |",
+        "|:--|:--|:--|",
+        *(f"| {sec.paper} | `{sec.path}` | {tally(sec.verdicts)} |" for sec in sections),
         "",
-        "| claim | task | verdict | what is claimed |",
-        "|:--|:--|:--|:--|",
+        RULES,
+        "",
     ]
-    for v in verdicts:
-        text = v.claim.text + (f" ({v.claim.source})" if v.claim.source else "")
-        out.append(f"| {v.claim.id} | {v.dataset}/{v.split} | {v.verdict} | {text} |")
-    out += ["", RULES, ""]
-    for v in verdicts:
-        out += [f"## {v.claim.id} on {v.dataset}/{v.split}: {v.verdict}", "", v.claim.text, ""]
-        out += [
-            f"- check {p.check}: {part_text(p)}" if p.kind else f"- {p.reason}" for p in v.parts
-        ]
+    for sec in sections:
+        out += [f"## {sec.paper}", "", f"Claims from `{sec.path}`: **{tally(sec.verdicts)}**.", ""]
+        out += ["| claim | task | verdict | what is claimed |", "|:--|:--|:--|:--|"]
+        for v in sec.verdicts:
+            text = v.claim.text + (f" ({v.claim.source})" if v.claim.source else "")
+            out.append(f"| {v.claim.id} | {v.dataset}/{v.split} | {v.verdict} | {text} |")
         out.append("")
+        for v in sec.verdicts:
+            out += [
+                f"### {v.claim.id} on {v.dataset}/{v.split}: {v.verdict}",
+                "",
+                v.claim.text,
+                "",
+            ]
+            out += [
+                f"- check {p.check}: {part_text(p)}" if p.kind else f"- {p.reason}" for p in v.parts
+            ]
+            out.append("")
     out += _flagged_section(flagged, n_runs)
     return "\n".join(out)
 
@@ -130,12 +156,14 @@ def _flagged_section(flagged: list[str], n_runs: int) -> list[str]:
     ]
 
 
-def to_csv(verdicts: list[Verdict]) -> str:
+def to_csv(sections: list[Section]) -> str:
     records = []
-    for v in verdicts:
+    for sec, v in ((s, v) for s in sections for v in s.verdicts):
         for p in v.parts:
             records.append(
                 {
+                    "paper": sec.paper,
+                    "claims_file": str(sec.path),
                     "claim": v.claim.id,
                     "dataset": v.dataset,
                     "split": v.split,

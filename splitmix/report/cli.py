@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import glob
 from pathlib import Path
 
-DEFAULT_CLAIMS = Path("config/claims.yaml")
+from splitmix.errors import ConfigError
+
+# the Split-Mix paper's claims, then one file per other paper (docs/claims.md)
+DEFAULT_CLAIMS = ("config/claims.yaml", "config/claims/*.yaml")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,10 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--claims",
+        action="append",
         default=None,
         metavar="FILE",
-        help=f"claims file to check into claims.md/claims.csv (docs/claims.md); 'none' skips it "
-        f"(default: {DEFAULT_CLAIMS} if it exists)",
+        help="claims file (or glob) to check into claims.md/claims.csv, one paper each "
+        "(docs/claims.md; repeatable); 'none' skips the check (default: "
+        f"{' and '.join(DEFAULT_CLAIMS)}, the files of those that exist)",
     )
     p.set_defaults(func=_run)
 
@@ -51,15 +57,26 @@ def _split(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
-def claims_path(text: str | None) -> Path | None:
-    """--claims: a file, 'none', or (absent) the default file if the current folder has one."""
-    if text is None:
-        return DEFAULT_CLAIMS if DEFAULT_CLAIMS.is_file() else None
-    return None if text.strip().lower() == "none" else Path(text)
+def claims_paths(given: list[str] | None) -> list[Path]:
+    """--claims: files and globs in order (a glob matching nothing is an error, a file that does
+    not exist is named by the claims reader), 'none', or (absent) the default files that exist."""
+    if given is None:
+        return [p for pat in DEFAULT_CLAIMS for p in sorted(Path().glob(pat)) if p.is_file()]
+    if any(g.strip().lower() == "none" for g in given):
+        return []
+    out: list[Path] = []
+    for g in given:
+        if glob.has_magic(g):
+            found = sorted(Path(p) for p in glob.glob(g))
+            if not found:
+                raise ConfigError(f"--claims {g!r} matches no file; name a claims file or 'none'")
+            out += found
+        else:
+            out.append(Path(g))
+    return list(dict.fromkeys(out))
 
 
 def _run(args: argparse.Namespace) -> int:
-    from splitmix.errors import ConfigError
     from splitmix.report.build import make_report, parse_formats
     from splitmix.report.figures import BUILDERS
 
@@ -74,7 +91,7 @@ def _run(args: argparse.Namespace) -> int:
         parse_formats(args.formats),
         methods=_split(args.methods),
         only=only,
-        claims=claims_path(args.claims),
+        claims=claims_paths(args.claims),
     )
     for path in report.tables:
         print(f"table   {path}")

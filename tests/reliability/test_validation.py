@@ -157,6 +157,8 @@ MAIN_HASHES = {
     "fedrolex": "d7fbe4c54027aca6",
     "feddropout": "cecbe7edc613b59a",
     "fjord": "ee131653323ddd52",
+    "fiarse": "629b4ca6d62abb2b",
+    "scalefl": "224ce74d369bdb22",
 }
 
 

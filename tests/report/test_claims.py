@@ -28,6 +28,7 @@ from .synthetic import WIDTHS, Spec, write_runs
 GLOB = "results/**/eval.csv"
 REPO = Path(__file__).resolve().parents[2]
 DBN_LAMS = (0.0, 0.5, 1.0)
+SPLITMIX = "Split-Mix (Hong et al., ICLR 2022)"
 
 
 def repo_claims(dataset: str = "digits") -> dict:
@@ -294,7 +295,7 @@ def test_report_writes_claims_files_and_the_summary(tmp_path):
     out = tmp_path / "fig"
     report = make_report(str(tmp_path / GLOB), out, ("png",), only=["participation"], claims=claims)
     assert report.summary == [
-        f"claims: 7 held, 0 not held, 0 not testable -> {out / 'claims.md'}",
+        f"claims of {SPLITMIX}: 7 held, 0 not held, 0 not testable -> {out / 'claims.md'}",
         f"under-trained: 0 of 16 runs flagged -> {out / 'table1.md'}",
     ]
     assert (out / "summary.txt").read_text() == "\n".join(report.summary) + "\n"
@@ -305,9 +306,11 @@ def test_report_writes_claims_files_and_the_summary(tmp_path):
         "seed spread 4.24 points, margin 4.24 points" in md
     )
     csv = (out / "claims.csv").read_text().splitlines()
-    assert csv[0].startswith("claim,dataset,split,claim_verdict,check,kind,description,")
+    assert csv[0].startswith(
+        "paper,claims_file,claim,dataset,split,claim_verdict,check,kind,description,"
+    )
     assert len(csv) == 1 + 4 + 1 + 1 + 1 + 1 + 2 + 2  # a has one row per width, f and g two checks
-    assert "claims: 7 held, 0 not held, 0 not testable" in (out / "claims.rst").read_text()
+    assert "7 held, 0 not held, 0 not testable" in (out / "claims.rst").read_text()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["tables"][1]["files"] == ["claims.md", "claims.csv"]
     assert manifest["summary"] == report.summary
@@ -348,4 +351,50 @@ def test_cli_reports_a_missing_claims_file_in_one_line_and_exits_2(tmp_path, cap
         cli_main([*args, "--claims", "none", "--formats", "png"])
     assert exc.value.code == 0
     printed = capsys.readouterr().out
-    assert "claims:" not in printed and "under-trained: 0 of 16 runs flagged" in printed
+    assert "claims of" not in printed and "under-trained: 0 of 16 runs flagged" in printed
+
+
+def test_every_claims_file_is_a_section_with_its_own_summary_line(tmp_path):
+    """Two papers, two files: one claims.md section and one summary line each; a claim whose
+    task the rows lack is not testable, naming the setting that would test it."""
+    write_runs(tmp_path, specs())
+    mine = tmp_path / "claims.yaml"
+    mine.write_text(yaml.safe_dump(repo_claims()))
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({
+        "paper": "Other (Someone, 2030)",
+        "dataset": "cifar10",
+        "split": "class-p10",
+        "setting": "CIFAR-10 in config/paper.yaml",
+        "claims": [{"id": "o", "text": "splitmix beats sheterofl", "source": "Table 9",
+                    "checks": [{"kind": "compare", "a": "splitmix", "b": "sheterofl",
+                                "widths": [1], "relation": "above"}]}],
+    }))  # fmt: skip
+    out = tmp_path / "fig"
+    report = make_report(str(tmp_path / GLOB), out, ("png",), only=["participation"],
+                         claims=[mine, other])  # fmt: skip
+    assert report.summary[:2] == [
+        f"claims of Split-Mix (Hong et al., ICLR 2022): 7 held, 0 not held, 0 not testable "
+        f"-> {out / 'claims.md'}",
+        f"claims of Other (Someone, 2030): 0 held, 0 not held, 1 not testable "
+        f"-> {out / 'claims.md'}",
+    ]
+    md = (out / "claims.md").read_text()
+    assert md.index("## Split-Mix (Hong et al., ICLR 2022)") < md.index("## Other (Someone, 2030)")
+    assert (
+        "- no rows of task cifar10/class-p10; the claim's setting: CIFAR-10 in config/paper.yaml"
+        in md
+    )
+    rows = (out / "claims.csv").read_text().splitlines()
+    assert rows[-1].startswith(f'"Other (Someone, 2030)",{other},o,cifar10,class-p10,not testable')
+
+
+def test_the_repository_claims_of_every_other_paper_parse_and_name_their_setting():
+    from splitmix.report.claims import paper_name
+
+    files = sorted((REPO / "config" / "claims").glob("*.yaml"))
+    names = {f.stem: paper_name(read_claims(f), f) for f in files}
+    assert set(names) == {"depthfl", "fedrolex", "fiarse", "fjord", "scalefl"}
+    for f in files:
+        claims = read_claims(f)
+        assert all(c.source and c.setting and c.dataset == "cifar10" for c in claims), f

@@ -6,6 +6,7 @@ cluster job), so a bad config fails before any job starts, with the key and the 
 
 import copy
 import fnmatch
+import glob
 import importlib.util
 import json
 import os
@@ -337,3 +338,25 @@ def attack_flag(wildcards):
 
 def gpus(wildcards):
     return 1 if run_cfg(wildcards).device.startswith("cuda") else 0
+
+
+# workflow.claims: files or globs, each looked up in the working directory, then in this repository
+# (the default: the Split-Mix paper's claims and one file per other paper); null = no check.
+def claims_files(entries):
+    if entries is None:
+        return []
+    out = []
+    for entry in [entries] if isinstance(entries, str) else entries:
+        for base in (Path(), REPO):
+            found = sorted(base.glob(entry)) if glob.has_magic(entry) else [base / entry]
+            found = [str(f) for f in found if f.is_file()]
+            if found:
+                break
+        if not found:
+            raise WorkflowError(
+                f"config error in {_config_source()} at workflow.claims: {entry!r} matches no "
+                f"file (in the working directory or in {REPO}); name claims files "
+                "(docs/claims.md) or set it to null"
+            )
+        out += [f for f in found if f not in out]
+    return out

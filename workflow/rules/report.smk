@@ -2,17 +2,8 @@
 # them without any training or evaluation job.
 
 
-# workflow.claims as a path: the working directory first, then this repository; None = no check.
-CLAIMS_NAME = WF["claims"]
-CLAIMS = CLAIMS_NAME and next(
-    (str(p) for p in (Path(CLAIMS_NAME), REPO / CLAIMS_NAME) if p.is_file()), None
-)
-if CLAIMS_NAME and CLAIMS is None:
-    raise WorkflowError(
-        f"config error in {_config_source()} at workflow.claims: {CLAIMS_NAME!r} does not exist "
-        f"(in the working directory or in {REPO}); name a claims file (docs/claims.md) or set "
-        "it to null"
-    )
+# workflow.claims, resolved to files (common.smk: claims_files); [] = no claims check
+CLAIMS = claims_files(WF["claims"])
 
 
 rule report:
@@ -20,7 +11,7 @@ rule report:
         rows=expand(f"{{run}}/{EVAL}", run=run_dirs()),
         records=expand(f"{{run}}/{RUN_RECORD}", run=run_dirs()),
         measured=expand(f"{{run}}/{EVAL_RECORD}", run=run_dirs()),
-        claims=CLAIMS or [],
+        claims=CLAIMS,
     output:
         # every figure and every Markdown table (Table 1, claims) with its own caption: the
         # report command writes <name>.rst beside each, and entry.rst includes it
@@ -33,7 +24,7 @@ rule report:
         ),
     params:
         rows=lambda wc, input: " ".join(f"--rows {r}" for r in input.rows),
-        claims=f"--claims {CLAIMS}" if CLAIMS else "--claims none",
+        claims=" ".join(f"--claims {c}" for c in CLAIMS) or "--claims none",
         extra=" ".join(WF["report_args"]),
     localrule: True
     log:
