@@ -38,7 +38,7 @@ from torch import nn
 
 from baselines.fedavg import check_bn
 from splitmix.config import RunConfig
-from splitmix.data.budgets import parse_widths
+from splitmix.data.budgets import BudgetWidths
 from splitmix.errors import ConfigError
 from splitmix.fl.algorithm import FederationInfo, LossFn, Task, register
 from splitmix.fl.base import ServerModelAlgorithm
@@ -46,7 +46,6 @@ from splitmix.models import build_model, make_norm
 
 NUM_STAGES = 4
 SUPPORTED_ARCHS = ("digit", "preresnet18", "alexnet")
-_TOL = 1e-6
 
 
 # ---- the model -----------------------------------------------------------------------------------
@@ -300,10 +299,11 @@ class DepthFL(ServerModelAlgorithm):
         self.kd_weight = self._number("kd_weight", minimum=0.0)
         self.kd_rampup = self._number("kd_rampup", minimum=0.0)
         self.temperature = self._number("temperature", minimum=0.0, strict=True)
-        self.depth_of: dict[float, int] = depths_for_widths(parse_widths(cfg.budgets))
-        self.widths: list[float] = sorted(self.depth_of)
+        self.budget = BudgetWidths(cfg.budgets, "depthfl")
+        self.depth_of: dict[float, int] = depths_for_widths(self.budget.widths)
+        self.widths: list[float] = self.budget.widths
         self.client_widths: list[float] = [
-            self._width_for_budget(k, float(b)) for k, b in enumerate(np.asarray(info.budgets))
+            self.budget.of_client(k, float(b)) for k, b in enumerate(np.asarray(info.budgets))
         ]
         self.client_depths: list[int] = [self.depth_of[w] for w in self.client_widths]
 
@@ -315,27 +315,9 @@ class DepthFL(ServerModelAlgorithm):
             raise ConfigError(f"depthfl parameter {key}={value!r} must be a number {bound}")
         return float(value)
 
-    def _match(self, width: float) -> float | None:
-        return next((w for w in self.widths if abs(w - width) < _TOL), None)
-
-    def _width_for_budget(self, client: int, budget: float) -> float:
-        w = self._match(budget)
-        if w is None:
-            raise ConfigError(
-                f"client {client} has budget {budget:g}, not one of the widths of budgets="
-                f"{self.cfg.budgets!r} ({', '.join(f'{w:g}' for w in self.widths)})"
-            )
-        return w
-
     def depth_for_width(self, width: float) -> int:
         """The depth a budget width labels (evaluation's "width")."""
-        w = self._match(float(width))
-        if w is None:
-            raise ConfigError(
-                f"depthfl evaluates the budget widths {', '.join(f'{w:g}' for w in self.widths)}"
-                f" (labels of depths 1..{NUM_STAGES}); width {width:g} is none of them"
-            )
-        return self.depth_of[w]
+        return self.depth_of[self.budget.label(width, f"labels of depths 1..{NUM_STAGES}")]
 
     # ---- model -------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:

@@ -41,14 +41,13 @@ import torch
 from torch import nn
 
 from splitmix.config import RunConfig
-from splitmix.data.budgets import parse_widths
+from splitmix.data.budgets import BudgetWidths, parse_widths
 from splitmix.errors import ConfigError
 from splitmix.fl.algorithm import FederationInfo, LossFn, Task, Update, mask_nbytes, register
 from splitmix.fl.base import ServerModelAlgorithm
 from splitmix.models import build_model
 
 GRADIENTS = ("surrogate", "hard")
-_TOL = 1e-9
 
 
 # ---- masks ---------------------------------------------------------------------------------
@@ -159,33 +158,19 @@ class FIARSE(ServerModelAlgorithm):
             raise ConfigError(f"methods.{cfg.method}.params: {problem}")
         if self.p["gradient"] not in GRADIENTS:
             raise ConfigError(f"fiarse gradient {self.p['gradient']!r}; use one of {GRADIENTS}")
-        self.widths: list[float] = sorted(set(parse_widths(cfg.budgets)))
+        self.budget = BudgetWidths(cfg.budgets, "fiarse")
+        self.widths: list[float] = self.budget.widths
         given = self.p["fractions"]
         fractions = default_fractions(self.widths) if given is None else [float(f) for f in given]
         self.fraction_of: dict[float, float] = dict(zip(self.widths, fractions, strict=True))
-        self.client_widths = [self._budget_width(k, float(b)) for k, b in enumerate(info.budgets)]
+        self.client_widths = [
+            self.budget.of_client(k, float(b)) for k, b in enumerate(info.budgets)
+        ]
         self.surrogate = self.p["gradient"] == "surrogate"
 
-    def _match(self, width: float) -> float | None:
-        return next((w for w in self.widths if abs(w - width) < 1e-6), None)
-
-    def _budget_width(self, client: int, budget: float) -> float:
-        w = self._match(budget)
-        if w is None:
-            raise ConfigError(
-                f"client {client} has budget {budget:g}, not one of the widths of budgets="
-                f"{self.cfg.budgets!r}"
-            )
-        return w
-
     def fraction(self, width: float) -> float:
-        w = self._match(float(width))
-        if w is None:
-            raise ConfigError(
-                f"fiarse evaluates the budget widths {', '.join(f'{v:g}' for v in self.widths)}; "
-                f"width {width:g} is none of them"
-            )
-        return self.fraction_of[w]
+        """The fraction of parameters the model of budget width ``width`` keeps."""
+        return self.fraction_of[self.budget.label(width, "fractions of parameters kept")]
 
     # ---- model and thresholds ------------------------------------------------------------------
     def build_model(self) -> nn.Module:

@@ -40,7 +40,7 @@ from torch import nn
 
 from baselines.fedavg import check_bn
 from splitmix.config import RunConfig
-from splitmix.data.budgets import parse_widths
+from splitmix.data.budgets import BudgetWidths, parse_widths
 from splitmix.errors import ConfigError
 from splitmix.fl.algorithm import FederationInfo, LossFn, Task, register
 from splitmix.fl.base import ServerModelAlgorithm
@@ -50,7 +50,6 @@ from splitmix.models.factory import seeded_init
 
 NUM_STAGES = 4
 SUPPORTED_ARCHS = ("digit", "preresnet18", "alexnet")
-_TOL = 1e-6
 
 
 # ---- the model -----------------------------------------------------------------------------------
@@ -305,31 +304,17 @@ class ScaleFL(ServerModelAlgorithm):
         self.kd_weight = float(self.p["kd_weight"])
         self.temperature = float(self.p["temperature"])
         self.kd_start = float(self.p["kd_start"])
-        self.level_of = levels_for_widths(parse_widths(cfg.budgets), len(self.level_widths))
-        self.widths = sorted(self.level_of)
-        self.client_widths = [self._budget_width(k, float(b)) for k, b in enumerate(info.budgets)]
+        self.budget = BudgetWidths(cfg.budgets, "scalefl")
+        self.level_of = levels_for_widths(self.budget.widths, len(self.level_widths))
+        self.widths = self.budget.widths
+        self.client_widths = [
+            self.budget.of_client(k, float(b)) for k, b in enumerate(info.budgets)
+        ]
         self.client_levels = [self.level_of[w] for w in self.client_widths]
 
-    def _match(self, width: float) -> float | None:
-        return next((w for w in self.widths if abs(w - width) < _TOL), None)
-
-    def _budget_width(self, client: int, budget: float) -> float:
-        w = self._match(budget)
-        if w is None:
-            raise ConfigError(
-                f"client {client} has budget {budget:g}, not one of the widths of budgets="
-                f"{self.cfg.budgets!r}"
-            )
-        return w
-
     def level_for_width(self, width: float) -> int:
-        w = self._match(float(width))
-        if w is None:
-            raise ConfigError(
-                f"scalefl evaluates the budget widths {', '.join(f'{v:g}' for v in self.widths)} "
-                f"(labels of its levels); width {width:g} is none of them"
-            )
-        return self.level_of[w]
+        """The level (0-based) a budget width labels."""
+        return self.level_of[self.budget.label(width, "labels of its levels")]
 
     # ---- models ------------------------------------------------------------------------------
     def _net(self, width: float, seed: int | None = None) -> ScaleNet:

@@ -114,3 +114,41 @@ def assign_budgets(
     if mode == "random":
         budgets = rng(seed, "budgets").permutation(budgets)
     return budgets
+
+
+class BudgetWidths:
+    """The distinct widths of a budget string, ascending, with the two lookups every method whose
+    model sizes are labelled by budget widths needs (DepthFL's depths, FIARSE's fractions,
+    ScaleFL's levels): a client's budget, and a width asked for at evaluation."""
+
+    TOL = 1e-6
+
+    def __init__(self, spec: str, method: str) -> None:
+        self.spec, self.method = spec, method
+        self.widths: list[float] = sorted(set(parse_widths(spec)))
+
+    def match(self, width: float) -> float | None:
+        """The budget width ``width`` names (up to float noise), or None."""
+        return next((w for w in self.widths if abs(w - float(width)) < self.TOL), None)
+
+    def of_client(self, client: int, budget: float) -> float:
+        """Client ``client``'s budget as one of the widths; one-line ConfigError otherwise."""
+        w = self.match(budget)
+        if w is None:
+            raise ConfigError(
+                f"client {client} has budget {budget:g}, not one of the widths of budgets="
+                f"{self.spec!r} ({', '.join(f'{v:g}' for v in self.widths)})"
+            )
+        return w
+
+    def label(self, width: float, labels: str) -> float:
+        """The width an evaluation asks for, as one of the widths (``labels``: what they label,
+        for the message); one-line ConfigError otherwise."""
+        w = self.match(width)
+        if w is None:
+            raise ConfigError(
+                f"{self.method} evaluates the budget widths "
+                f"{', '.join(f'{v:g}' for v in self.widths)} ({labels}); width {float(width):g} "
+                "is none of them"
+            )
+        return w

@@ -12,7 +12,7 @@ assembled model uses; ``state_numel`` = the same over its state_dict (parameters
 running statistics and ``num_batches_tracked`` when tracked), i.e. the paper's "model size (MB)"
 which is a count; and ``model_bytes`` = sum of numel x element size over that state. A slimmable
 (HeteroFL) model run at a width counts only the prefix block of every tensor that width uses; a
-model whose tensors are element-masked (``parameter_masks``, FIARSE) counts the kept elements
+model whose tensors are element-masked (``parameter_masks``) counts the kept elements
 only, while its MACs are the dense count of the computation that runs (the zeros are multiplied).
 """
 
@@ -73,8 +73,8 @@ def _dedup(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def _used_state(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(parameters, whole state) the model uses as it will run: prefix blocks if slimmable, the
-    kept elements of a masked tensor (``parameter_masks``: state key -> bool mask, FIARSE's
-    element-wise sub-models), else every tensor."""
+    kept elements of a masked tensor (``parameter_masks``: state key -> bool mask, element-wise
+    sub-models), else every tensor."""
     state = model.state_dict(keep_vars=True)
     names = {n for n, _ in model.named_parameters()}
     if getattr(model, "slimmable", False):

@@ -3,13 +3,13 @@
 
 Each uploaded tensor covers either a whole server tensor, a block of it (``fl.blocks``: HeteroFL's
 top-left prefix block, FedRolex's wrapping window, a random channel subset; a Split-Mix base is a
-whole tensor of one base), or any set of its elements named by a bool mask (FIARSE's importance
-masks; the running weight sum of such a key is then kept as a tensor). Every entry of the server
+whole tensor of one base), or any set of its elements named by a bool mask (element-wise sub-
+models; the running weight sum of such a key is then kept as a tensor). Every entry of the server
 state becomes the weighted mean of the values the clients sent for THAT entry, with the clients'
 weights; entries no client covered keep their value. This one rule gives FedAvg (every client
 covers every entry), HeteroFL (outer channels are averaged only over the clients wide enough to
-hold them), Split-Mix (a base is averaged over the clients that trained it) and FIARSE (an element
-over the clients whose importance mask kept it).
+hold them), Split-Mix (a base is averaged over the clients that trained it) and element-wise masks
+(an element over the clients whose mask kept it).
 
 Integer buffers (BatchNorm's ``num_batches_tracked``) are counters, not estimates: they are copied
 from the last client that uploaded them, never averaged (docs/paper.md#pitfalls). Unlike the

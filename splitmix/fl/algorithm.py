@@ -125,7 +125,7 @@ class Update:
     block, or a set of indices, as FedRolex's wrapping window). Absent means the whole tensor.
 
     ``masks[key]`` (optional, instead of a block) is a bool tensor of the global tensor's shape
-    naming any set of elements the upload covers (FIARSE's importance masks): ``tensors[key]``
+    naming any set of elements the upload covers (an importance mask, say): ``tensors[key]``
     then holds exactly those elements, in row-major order (``t[mask]``), and the mask travels as
     one bit per element.
     """

@@ -114,3 +114,18 @@ def test_bad_mode_and_clients() -> None:
         assign_budgets("8-4-2-1", 10, mode="shuffle")
     with pytest.raises(ConfigError, match="clients"):
         assign_budgets("8-4-2-1", 0)
+
+
+def test_budget_widths_name_a_client_budget_and_an_evaluated_width_or_say_what_is_allowed():
+    from splitmix.data.budgets import BudgetWidths
+
+    b = BudgetWidths("8-4-2-1", "mymethod")
+    assert b.widths == [0.125, 0.25, 0.5, 1.0]
+    assert b.match(0.25 + 1e-9) == 0.25 and b.match(0.3) is None
+    assert b.of_client(3, 1.0) == 1.0
+    with pytest.raises(ConfigError, match=r"client 2 has budget 0.3, not one of the widths of "
+                       r"budgets='8-4-2-1' \(0.125, 0.25, 0.5, 1\)"):  # fmt: skip
+        b.of_client(2, 0.3)
+    with pytest.raises(ConfigError, match=r"mymethod evaluates the budget widths 0.125, 0.25, "
+                       r"0.5, 1 \(its levels\); width 0.75 is none of them"):  # fmt: skip
+        b.label(0.75, "its levels")
