@@ -347,16 +347,17 @@ def claims_files(entries):
         return []
     out = []
     for entry in [entries] if isinstance(entries, str) else entries:
+        pattern = glob.has_magic(entry)
         for base in (Path(), REPO):
-            found = sorted(base.glob(entry)) if glob.has_magic(entry) else [base / entry]
+            found = sorted(base.glob(entry)) if pattern else [base / entry]
             found = [str(f) for f in found if f.is_file()]
             if found:
                 break
-        if not found:
+        if not found and not pattern:  # a glob may match nothing (no other paper's file here)
             raise WorkflowError(
-                f"config error in {_config_source()} at workflow.claims: {entry!r} matches no "
-                f"file (in the working directory or in {REPO}); name claims files "
-                "(docs/claims.md) or set it to null"
+                f"config error in {_config_source()} at workflow.claims: {entry!r} does not exist "
+                f"(in the working directory or in {REPO}); name claims files (docs/claims.md) "
+                "or set it to null"
             )
         out += [f for f in found if f not in out]
     return out
